@@ -1,0 +1,43 @@
+# `make demo` and `make test` work as the first command on a fresh Debian/Ubuntu machine:
+# both depend on `install`, which adds the system libraries ffcv builds against and ./.venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYS_PKGS := libturbojpeg0-dev libopencv-dev pkg-config g++
+# The demo: a real 10-class data set (scikit-learn's handwritten digits, shipped inside the package).
+DEMO_DIR := demo_data/digits
+DEMO_OUT := data/demo
+
+.PHONY: install system-deps demo test clean
+
+install: system-deps $(STAMP)
+
+# ffcv compiles against libjpeg-turbo and OpenCV: install them when pkg-config cannot find them.
+system-deps:
+	@if pkg-config --exists libturbojpeg opencv4 2>/dev/null && command -v g++ >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing system libraries: $(SYS_PKGS)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYS_PKGS); \
+	else \
+		echo "ffcv needs system libraries; run: sudo apt-get update && sudo apt-get install -y $(SYS_PKGS)" >&2; exit 1; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: install
+	$(PY) -m ffcv_utils.sample_data digits $(DEMO_DIR)
+	$(PY) write_ffcv.py --split train --cfg.data_dir $(DEMO_DIR) --cfg.write_path $(DEMO_OUT)_train.beton --cfg.max_resolution 64
+	$(PY) write_ffcv.py --split val --cfg.data_dir $(DEMO_DIR) --cfg.write_path $(DEMO_OUT)_val.beton --cfg.max_resolution 64
+	$(PY) -m ffcv_utils.inspect $(DEMO_OUT)_train.beton $(DEMO_OUT)_val.beton
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) data demo_data logs .pytest_cache

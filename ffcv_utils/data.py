@@ -1,0 +1,107 @@
+"""ffcv Loaders for training and validation: the one place pipelines are built.
+
+Pipelines end in ``ToTorchImage`` and yield uint8 NCHW (channels-last memory) batches on the
+target device; ``normalize`` turns them into floats on that device. Normalising outside the
+pipeline is deliberate: ffcv 1.0.2's ``Loader`` hangs forever in ``Graph.group_operations``
+when a pipeline goes jitted -> non-jitted -> jitted (``NormalizeImage`` on CPU after
+``ToTorchImage``, upstream issue 396), and on a GPU the same arithmetic is one fused kernel anyway.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# ImageNet statistics on the 0-255 scale, as the decoders output uint8.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# FixRes / standard evaluation: centre crop of 224/256 of the shorter side.
+DEFAULT_CROP_RATIO = 224 / 256
+
+
+@dataclass
+class TrainData:
+    """The training loader and its decoder, whose output size the resolution schedule sets."""
+
+    loader: object
+    decoder: object
+
+    def set_resolution(self, res: int) -> None:
+        # ffcv re-queries output shapes at the start of each epoch, so this takes effect
+        # at the next ``iter(loader)`` without recompiling.
+        self.decoder.output_size = (int(res), int(res))
+
+    @property
+    def resolution(self) -> int:
+        return int(self.decoder.output_size[0])
+
+
+def _label_pipeline(device):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.transforms import Squeeze, ToDevice, ToTensor
+
+    return [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device, non_blocking=True)]
+
+
+def _image_tail(device):
+    from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
+
+    return [ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage(channels_last=True)]
+
+
+def train_loader(path: str, *, batch_size: int, num_workers: int, res: int,
+                 device: torch.device | str = "cpu", distributed: bool = False,
+                 in_memory: bool = True, seed: int = 0, drop_last: bool = True,
+                 batches_ahead: int = 3) -> TrainData:
+    """RandomResizedCrop + flip at ``res``; random order, identical on every rank for a seed."""
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import RandomHorizontalFlip
+
+    device = torch.device(device)
+    decoder = RandomResizedCropRGBImageDecoder((res, res))
+    image = [decoder, RandomHorizontalFlip(), *_image_tail(device)]
+    # QUASI_RANDOM reads less from disk when the set does not fit in the page cache,
+    # but ffcv does not support it with distributed=True.
+    order = OrderOption.RANDOM if (in_memory or distributed) else OrderOption.QUASI_RANDOM
+    loader = Loader(path, batch_size=batch_size, num_workers=num_workers, order=order,
+                    os_cache=in_memory, drop_last=drop_last, distributed=distributed,
+                    seed=seed, batches_ahead=batches_ahead,
+                    pipelines={"image": image, "label": _label_pipeline(device)})
+    return TrainData(loader, decoder)
+
+
+def shard_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
+    """This rank's share of a validation set: every sample lands on exactly one rank.
+
+    ffcv's own ``distributed=True`` pads the last batch with repeats (like DistributedSampler),
+    which would count some validation images twice.
+    """
+    return np.arange(rank, num_samples, world_size, dtype=np.uint64)
+
+
+def val_loader(path: str, *, batch_size: int, num_workers: int, res: int,
+               device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+               crop_ratio: float = DEFAULT_CROP_RATIO, in_memory: bool = True):
+    """Centre crop at ``res`` in file order; under DDP each rank gets a disjoint shard."""
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.reader import Reader
+
+    device = torch.device(device)
+    indices = None
+    if world_size > 1:
+        indices = shard_indices(Reader(path).num_samples, rank, world_size)
+    image = [CenterCropRGBImageDecoder((res, res), ratio=crop_ratio), *_image_tail(device)]
+    return Loader(path, batch_size=batch_size, num_workers=num_workers,
+                  order=OrderOption.SEQUENTIAL, os_cache=in_memory, drop_last=False,
+                  indices=indices, seed=0,
+                  pipelines={"image": image, "label": _label_pipeline(device)})
+
+
+def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 NCHW -> ``dtype``, ImageNet-normalised, keeping the memory format."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    return (images.to(dtype) - mean) / std
