@@ -1,0 +1,48 @@
+# Source this at the start of a `run` command on a GPU machine that has torch but no ffcv:
+#
+#     . benchmarks/gpu_setup.sh && python3 -c 'import ffcv'
+#
+# with `carry: [".gpu"]`. The bundle in .gpu/ (git-ignored; how to rebuild it: benchmarks/README.md)
+# holds wheels/ (ffcv 1.0.2 built for cp312, plus the pure-Python fastargs, terminaltables,
+# assertpy, pytorch_pfn_extras) and debs/ (Debian bookworm's libturbojpeg0, libopencv-core406,
+# libopencv-imgproc406 and the libraries they link against). Wheels go to /tmp/site, the .debs
+# are unpacked under /tmp/sys, and only the libraries that machine lacks are put on
+# LD_LIBRARY_PATH, so its own newer copies win.
+_gpu_bundle="${GPU_BUNDLE:-.gpu}"
+if [ ! -d "$_gpu_bundle/wheels" ] || [ ! -d "$_gpu_bundle/debs" ]; then
+    echo "gpu_setup: no bundle at $_gpu_bundle (carry it: carry=[\".gpu\"])" >&2
+    return 1 2>/dev/null || exit 1
+fi
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$_gpu_bundle"/wheels/*.whl || { return 1 2>/dev/null || exit 1; }
+rm -rf /tmp/sys /tmp/syslib && mkdir -p /tmp/sys /tmp/syslib
+for _deb in "$_gpu_bundle"/debs/*.deb; do
+    if command -v dpkg-deb >/dev/null; then
+        dpkg-deb -x "$_deb" /tmp/sys
+    else  # no dpkg: a .deb is an ar archive holding data.tar.*
+        python3 - "$_deb" <<'PY'
+import io, sys, tarfile
+data = open(sys.argv[1], "rb").read()
+pos = 8
+while pos < len(data):
+    name = data[pos:pos + 16].decode().strip().rstrip("/")
+    size = int(data[pos + 48:pos + 58])
+    body = data[pos + 60:pos + 60 + size]
+    if name.startswith("data.tar"):
+        tarfile.open(fileobj=io.BytesIO(body)).extractall("/tmp/sys")
+    pos += 60 + size + (size & 1)
+PY
+    fi
+done
+# One flat folder of the sonames this machine does not already have (lapack/blas live in
+# alternatives subfolders in Debian).
+for _lib in $(find /tmp/sys/usr/lib/x86_64-linux-gnu -name 'lib*.so.*' \( -type f -o -type l \)); do
+    _soname=$(basename "$_lib")
+    if ! ldconfig -p | grep -q "^[[:space:]]*$_soname "; then
+        ln -sf "$(readlink -f "$_lib")" "/tmp/syslib/$_soname"
+    fi
+done
+export LD_LIBRARY_PATH="/tmp/syslib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python3 -c "import ffcv, ffcv.libffcv; from ffcv.loader import Loader" \
+    && echo "gpu_setup: ffcv importable; LD_LIBRARY_PATH gets $(ls /tmp/syslib | tr '\n' ' ')"
