@@ -1,0 +1,58 @@
+"""pyproject.toml (pip route) and environment.yml (conda route) must install the same runtime
+packages, so the two ways in cannot drift apart."""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# conda-forge names of packages whose pip name differs
+CONDA_TO_PIP = {"pytorch": "torch"}
+# what conda adds that pip does not install: the interpreter, pip, and the system libraries
+# ffcv compiles against (the `make install` route gets them from apt)
+CONDA_ONLY = {"python", "pip", "pkg-config", "libjpeg-turbo", "opencv"}
+
+
+def _name(spec: str) -> str:
+    return re.split(r"[<>=!~ \[;]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pins(specs) -> dict[str, str]:
+    return {_name(s): s.strip()[len(_name(s)):].strip() for s in specs}
+
+
+def _environment():
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    return env, conda, pip
+
+
+def test_conda_and_pip_routes_name_the_same_runtime_packages():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pip_route = {_name(d) for d in project["dependencies"]}
+    env, conda, pip = _environment()
+    conda_names = {CONDA_TO_PIP.get(_name(c), _name(c)) for c in conda} - CONDA_ONLY
+    pip_names = {_name(p) for p in pip if not p.startswith("-e")}
+    assert conda_names | pip_names == pip_route, (
+        f"only in environment.yml: {sorted((conda_names | pip_names) - pip_route)}; "
+        f"only in pyproject.toml: {sorted(pip_route - (conda_names | pip_names))}")
+    assert not conda_names & pip_names  # each package comes from one installer
+    assert "-e ." in pip  # the project itself, editable, like `make install`
+    assert {"pkg-config", "libjpeg-turbo", "opencv"} <= {_name(c) for c in conda}
+    assert "conda-forge" in env["channels"]
+
+
+def test_versions_pinned_alike():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pyproject = _pins(project["dependencies"])
+    _, conda, pip = _environment()
+    env = {CONDA_TO_PIP.get(_name(c), _name(c)): s for c, s in _pins(conda).items()}
+    env.update(_pins(p for p in pip if not p.startswith("-e")))
+    for name, pin in pyproject.items():
+        if pin:
+            assert env[name].replace(" ", "") == pin.replace(" ", ""), name
+    assert pyproject["ffcv"] == env["ffcv"] == "==1.0.2"
