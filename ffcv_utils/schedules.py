@@ -1,0 +1,100 @@
+"""Learning-rate and resolution schedules as pure functions of the training position.
+
+Pure (no optimizer, no loader, no config object) so that a resumed run recomputes exactly the
+LRs an uninterrupted run used, and so that tests can pin values at known epochs.
+Epochs are floats: ``epoch + i / iters_per_epoch`` is iteration ``i`` of ``epoch``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SCHEDULES = ("cyclic", "step", "cosine", "onecycle")
+# ffcv-imagenet starts its triangle at 1e-4 * lr rather than 0, so the first step is not wasted.
+START_FRACTION = 1e-4
+# One-cycle starts (and warm-ups rise) from lr / ONECYCLE_DIV, as in Smith's recipe.
+ONECYCLE_DIV = 25.0
+
+
+def cyclic_lr(epoch: float, *, lr: float, epochs: int, peak_epoch: float) -> float:
+    """ffcv-imagenet's triangle: linear from ~0 to ``lr`` at ``peak_epoch``, then to 0 at the end."""
+    return float(np.interp(epoch, [0, peak_epoch, epochs], [START_FRACTION * lr, lr, 0.0]))
+
+
+def _warmup(epoch: float, lr: float, warmup_epochs: float) -> float:
+    return lr * (START_FRACTION + (1 - START_FRACTION) * epoch / warmup_epochs)
+
+
+def step_lr(epoch: float, *, lr: float, epochs: int, step_ratio: float, step_length: int,
+            warmup_epochs: float = 0.0) -> float:
+    """``lr * step_ratio ** (epoch // step_length)``, after an optional linear warm-up."""
+    if epoch >= epochs:
+        return 0.0
+    if epoch < warmup_epochs:
+        return _warmup(epoch, lr, warmup_epochs)
+    return lr * step_ratio ** math.floor(epoch / step_length)
+
+
+def cosine_lr(epoch: float, *, lr: float, epochs: int, warmup_epochs: float = 0.0) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_epochs``, then half a cosine down to 0."""
+    if epoch >= epochs:
+        return 0.0
+    if epoch < warmup_epochs:
+        return _warmup(epoch, lr, warmup_epochs)
+    progress = (epoch - warmup_epochs) / (epochs - warmup_epochs)
+    return 0.5 * lr * (1 + math.cos(math.pi * progress))
+
+
+def onecycle_lr(epoch: float, *, lr: float, epochs: int, pct_start: float = 0.3) -> float:
+    """One cycle: cosine rise from ``lr/25`` to ``lr`` over ``pct_start`` of training, cosine to 0."""
+    if epoch >= epochs:
+        return 0.0
+    peak = pct_start * epochs
+    low = lr / ONECYCLE_DIV
+    if epoch < peak:
+        return low + (lr - low) * 0.5 * (1 - math.cos(math.pi * epoch / peak))
+    return 0.5 * lr * (1 + math.cos(math.pi * (epoch - peak) / (epochs - peak)))
+
+
+def lr_at(epoch: float, *, schedule: str, lr: float, epochs: int, peak_epoch: float = 2,
+          step_ratio: float = 0.1, step_length: int = 30, warmup_epochs: float = 0.0,
+          pct_start: float = 0.3) -> float:
+    """The learning rate at a (fractional) epoch for any schedule type."""
+    if schedule == "cyclic":
+        return cyclic_lr(epoch, lr=lr, epochs=epochs, peak_epoch=peak_epoch)
+    if schedule == "step":
+        return step_lr(epoch, lr=lr, epochs=epochs, step_ratio=step_ratio,
+                       step_length=step_length, warmup_epochs=warmup_epochs)
+    if schedule == "cosine":
+        return cosine_lr(epoch, lr=lr, epochs=epochs, warmup_epochs=warmup_epochs)
+    if schedule == "onecycle":
+        return onecycle_lr(epoch, lr=lr, epochs=epochs, pct_start=pct_start)
+    raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {SCHEDULES}")
+
+
+def epoch_lrs(epoch: int, iters: int, **schedule) -> np.ndarray:
+    """The LR of each of the ``iters`` iterations of ``epoch`` (per-iteration interpolation).
+
+    For the cyclic schedule this equals ffcv-imagenet's linear interpolation between the values
+    at ``epoch`` and ``epoch + 1`` (its knots are whole epochs); cosine and one-cycle are
+    followed exactly; step keeps its hard drops at epoch boundaries.
+    """
+    return np.array([lr_at(epoch + i / iters, **schedule) for i in range(iters)])
+
+
+def resolution_at(epoch: int, *, min_res: int, max_res: int, start_ramp: int,
+                  end_ramp: int) -> int:
+    """ffcv-imagenet's progressive resizing: ``min_res`` until ``start_ramp``, ``max_res`` from
+    ``end_ramp``, linear in between rounded to a multiple of 32 (kept within the bounds)."""
+    if epoch <= start_ramp:
+        return int(min_res)
+    if epoch >= end_ramp:
+        return int(max_res)
+    interp = np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res])
+    return int(min(max(int(np.round(interp / 32)) * 32, min_res), max_res))
+
+
+def scaled_lr(lr: float, global_batch: int, reference_batch: int) -> float:
+    """Linear scaling rule (Goyal et al.): LR proportional to the global batch size."""
+    return lr * global_batch / reference_batch

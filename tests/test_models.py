@@ -1,0 +1,65 @@
+"""BlurPool and the optimizer's parameter groups."""
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from ffcv_utils.checkpoint import strip_wrappers
+from ffcv_utils.models import (BlurPoolConv2d, apply_blurpool, create_model, param_groups,
+                               unwrap)
+
+
+def test_blurpool_equals_fixed_blur_then_conv():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3, stride=2, padding=1, bias=True)
+    blur = BlurPoolConv2d.from_conv(conv)
+    x = torch.randn(2, 16, 15, 15)
+    k = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
+    blurred = F.conv2d(x, k.repeat(16, 1, 1, 1), padding=1, groups=16)
+    out = blur(x)
+    assert out.shape == conv(x).shape == (2, 8, 8, 8)
+    torch.testing.assert_close(out, conv(blurred))
+    assert not torch.allclose(out, conv(x))  # it really blurs
+    # a constant image is unchanged by the blur away from the zero-padded border
+    c = torch.ones(1, 16, 9, 9)
+    inner = F.conv2d(c, blur.blur, padding=1, groups=16)[..., 1:-1, 1:-1]
+    torch.testing.assert_close(inner, torch.ones_like(inner))
+
+
+def test_blurpool_on_resnet_strided_convs_only_and_portable_weights():
+    model = create_model("resnet18", 10, use_blurpool=True)
+    blurred = [n for n, m in model.named_modules() if isinstance(m, BlurPoolConv2d)]
+    # layer2-4: the 3x3 strided conv and the 1x1 downsample conv; not the 3-channel stem
+    assert sorted(blurred) == sorted(f"layer{i}.0.{c}" for i in (2, 3, 4)
+                                     for c in ("conv1", "downsample.0"))
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    # weights trained with BlurPool load into the stock torchvision model, key for key
+    plain = torchvision.models.resnet18(num_classes=10)
+    plain.load_state_dict(model.state_dict())
+    assert apply_blurpool(model) == 0  # idempotent
+
+
+def test_param_groups_no_weight_decay_on_batchnorm():
+    model = create_model("resnet18", 10)
+    groups = {g["name"]: g for g in param_groups(model, 5e-5, bn_wd=False)}
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    bn_ids = {id(p) for m in bn for p in m.parameters()}
+    no_decay = {id(p) for p in groups["no_decay"]["params"]}
+    decay = {id(p) for p in groups["decay"]["params"]}
+    assert no_decay == bn_ids  # including downsample.1, whose name has no "bn" in it
+    assert groups["decay"]["weight_decay"] == 5e-5 and groups["no_decay"]["weight_decay"] == 0
+    assert id(model.fc.bias) in decay and id(model.fc.weight) in decay
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+    # biases can be excluded too; bn_wd=1 decays everything
+    groups = {g["name"]: g for g in param_groups(model, 1e-4, bn_wd=False, bias_wd=False)}
+    assert id(model.fc.bias) in {id(p) for p in groups["no_decay"]["params"]}
+    assert [g["name"] for g in param_groups(model, 1e-4, bn_wd=True)] == ["decay"]
+
+
+def test_unwrap_and_strip_prefixes():
+    model = create_model("resnet18", 10)
+    compiled_like = nn.Module()
+    compiled_like._orig_mod = model
+    assert unwrap(compiled_like) is model
+    sd = {"module._orig_mod.fc.bias": torch.zeros(1), "fc.weight": torch.zeros(1)}
+    assert set(strip_wrappers(sd)) == {"fc.bias", "fc.weight"}
