@@ -1,0 +1,149 @@
+"""Render benchmarks/results/*.csv into README.md's perf block (between the perf markers).
+
+Loader CSVs (a ``loader`` column) become one table per run, with every loader's ratio to the
+torchvision row of that same run; model-side CSVs (an ``arch`` column) become a resolution x
+variant table plus an end-to-end table. Every table is headed by the machine and date its
+absolute numbers were measured on.
+
+    python benchmarks/render.py [--results benchmarks/results] [--readme README.md]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import markdown_table  # noqa: E402
+
+START, END = "<!-- perf:start -->", "<!-- perf:end -->"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _first(df, col, default="?"):
+    if col in df.columns and len(df) and df[col].notna().any():
+        return df[col].dropna().iloc[0]
+    return default
+
+
+def machine_line(df) -> str:
+    gpu = _first(df, "gpu", "none")
+    gpu_part = f", GPU: {gpu}" if gpu != "none" else ", no GPU"
+    dates = sorted(str(d) for d in df["date"].dropna().unique()) if "date" in df else ["?"]
+    date = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    load = _first(df, "load_avg_1m_at_start", None)
+    load_part = f", load avg at start {float(load):.2f}" if load is not None else ""
+    return (f"{_first(df, 'cpu_model')} ({_first(df, 'cpu_cores')} cores){gpu_part}; "
+            f"{date}; torch {_first(df, 'torch')}, ffcv {_first(df, 'ffcv')}, "
+            f"Python {_first(df, 'python')}{load_part}")
+
+
+def render_loader(name: str, df) -> str:
+    tv = df[(df.loader == "torchvision") & df.img_per_s.notna()]
+    base = float(tv.img_per_s.iloc[0]) if len(tv) else None
+    base_first = float(tv.first_epoch_img_per_s.iloc[0]) if len(tv) else None
+    rows = []
+    for r in df.itertuples(index=False):
+        ok = r.img_per_s == r.img_per_s  # not NaN
+        rows.append({
+            "loader": r.loader,
+            "beton": r.beton_mode,
+            "img/s (steady)": r.img_per_s if ok else float("nan"),
+            "× torchvision": (f"{r.img_per_s / base:.2f}×" if ok and base else ""),
+            "img/s (1st epoch)": r.first_epoch_img_per_s if ok else float("nan"),
+            "1st epoch × tv": (f"{r.first_epoch_img_per_s / base_first:.2f}×"
+                               if ok and base_first else ""),
+            "data MiB": r.dataset_bytes / 2**20 if r.dataset_bytes == r.dataset_bytes else "",
+            "peak RSS MiB": r.peak_rss_mb,
+            "note": r.note if isinstance(r.note, str) else "",
+        })
+    import pandas as pd
+
+    table = markdown_table(pd.DataFrame(rows))
+    head = (f"**Data loading, CPU only** (`{name}`): {int(_first(df, 'images', 0)):,} "
+            f"ImageNet-like JPEGs, RandomResizedCrop {int(_first(df, 'res', 0))}px + flip, uint8 "
+            f"out, {int(_first(df, 'workers', 0))} workers, batch {int(_first(df, 'batch_size', 0))}"
+            f", {int(_first(df, 'epochs', 0))} epochs (first reported apart). "
+            f"Measured on {machine_line(df)}.")
+    return head + "\n\n" + table
+
+
+def render_train(name: str, df) -> str:
+    import pandas as pd
+
+    parts = [f"**Model side** (`{name}`), batch {int(_first(df, 'batch_size', 0))}, synthetic "
+             f"tensors on the device, img/s. Measured on {machine_line(df)}."]
+    model = df[df["mode"].isin(["train", "val"]) & df.img_per_s.notna()].copy()
+    if len(model):
+        model["col"] = model["mode"] + " " + model["res"].astype(int).astype(str)
+        wide = model.pivot_table(index=["arch", "variant"], columns="col", values="img_per_s",
+                                 sort=False).reset_index()
+        order = ["arch", "variant"] + [c for c in model["col"].drop_duplicates()]
+        parts.append(markdown_table(wide[order]))
+    skipped = df[df.img_per_s.isna() & df.note.notna()]
+    for r in skipped.itertuples(index=False):
+        parts.append(f"- {r.arch} {r.variant}: {r.note}")
+    e2e = df[df["mode"] == "e2e"]
+    if len(e2e):
+        t = pd.DataFrame({
+            "arch": e2e.arch, "variant": e2e.variant, "res": e2e.res.astype(int),
+            "end-to-end img/s": e2e.img_per_s, "model-only img/s": e2e.model_only_img_per_s,
+            "loader-only img/s": e2e.loader_img_per_s, "e2e / model": e2e.e2e_vs_model,
+            "loader bound": e2e.loader_bound,
+            "loader workers": e2e.workers.astype("Int64").astype(str),
+        })
+        note = _first(e2e, "note", "")
+        parts.append(f"End to end (the toolkit's `train_loader` feeding the same step; "
+                     f"loader bound = end-to-end below 90% of model-only): {note}.")
+        parts.append(markdown_table(t))
+    return "\n\n".join(parts)
+
+
+def render(results: Path) -> str:
+    import pandas as pd
+
+    blocks = ["## Performance", "Generated by `benchmarks/render.py` from "
+              "`benchmarks/results/*.csv`; rerun the scripts in `benchmarks/` to refresh. "
+              "Ratios compare loaders measured in the same run on the same machine."]
+    csvs = sorted(results.glob("*.csv"))
+    loader = [p for p in csvs if "loader" in pd.read_csv(p, nrows=0).columns]
+    train = [p for p in csvs if "arch" in pd.read_csv(p, nrows=0).columns]
+    for p in loader:
+        blocks.append(render_loader(p.name, pd.read_csv(p)))
+    for p in train:
+        blocks.append(render_train(p.name, pd.read_csv(p)))
+    notes = results / "NOTES.md"
+    if notes.exists():
+        blocks.append(notes.read_text().strip())
+    if len(blocks) == 2:
+        blocks.append("_No results yet._")
+    return "\n\n".join(blocks)
+
+
+def replace_block(text: str, body: str) -> str:
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        raise SystemExit(f"README lacks the {START} ... {END} markers")
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    return f"{before}{START}\n{body}\n{END}{after}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--readme", default=str(REPO / "README.md"))
+    parser.add_argument("--stdout", action="store_true", help="print instead of writing")
+    args = parser.parse_args(argv)
+    body = render(Path(args.results))
+    if args.stdout:
+        print(body)
+        return
+    readme = Path(args.readme)
+    new = replace_block(readme.read_text(), body)
+    readme.write_text(new)
+    print(f"rendered {args.results} into {readme}")
+
+
+if __name__ == "__main__":
+    main()

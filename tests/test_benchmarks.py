@@ -1,0 +1,107 @@
+"""The benchmarks run on a tiny input and write well-formed CSVs. No test asserts a speed."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MACHINE_COLUMNS = ["cpu_model", "cpu_cores", "gpu", "date", "torch", "ffcv"]
+
+
+@pytest.fixture(scope="module")
+def loader_run(photos_dir, tmp_path_factory):
+    from benchmarks import loader_throughput
+
+    out = tmp_path_factory.mktemp("bench") / "loader.csv"
+    loader_throughput.run(["--data-dir", str(photos_dir), "--res", "32", "--workers", "1",
+                           "--batch-size", "8", "--epochs", "2", "--out", str(out),
+                           "--loaders", "toolkit-jpg,ffcv-stock,torchvision"])
+    # (toolkit-proportion runs the same code as toolkit-jpg on the beton ffcv-stock reads;
+    # each ffcv row costs a numba compilation in its own process, so the test keeps to three)
+    return out
+
+
+def test_loader_throughput_csv(loader_run):
+    df = pd.read_csv(loader_run)
+    for col in ["loader", "beton_mode", "res", "workers", "batch_size", "img_per_s",
+                "first_epoch_img_per_s", "dataset_bytes", "peak_rss_mb",
+                "ratio_vs_torchvision", *MACHINE_COLUMNS]:
+        assert col in df.columns, col
+    assert list(df.loader) == ["toolkit-jpg", "ffcv-stock", "torchvision"]
+    assert (df.img_per_s > 0).all() and (df.first_epoch_img_per_s > 0).all()
+    assert (df.peak_rss_mb > 0).all() and (df.dataset_bytes > 0).all()
+    assert df.loc[df.loader == "torchvision", "ratio_vs_torchvision"].iloc[0] == pytest.approx(1)
+    assert (df.res == 32).all() and (df.workers == 1).all()
+    assert list(df.beton_mode[:2]) == ["jpg", "proportion"]
+    # 60 images in batches of 8, drop_last: 56 per epoch for every loader
+    assert set(df.images_per_epoch) == {56}
+
+
+def test_loader_betons_are_cached(loader_run, photos_dir):
+    from benchmarks.loader_throughput import ensure_betons, folder_fingerprint, image_files
+
+    cache = loader_run.parent / "betons"
+    betons = sorted(cache.glob("*.beton"))
+    assert [b.name.split("-")[2] for b in betons] == ["jpg", "proportion"]
+    mtimes = [b.stat().st_mtime for b in betons]
+    _, fp = folder_fingerprint(image_files(Path(photos_dir) / "train"))
+    got = ensure_betons(Path(photos_dir).resolve(), cache, ["proportion", "jpg"], 1, fp)
+    assert all(writer == "cached" for _, writer in got.values())
+    assert [b.stat().st_mtime for b in betons] == mtimes
+
+
+def test_train_throughput_cpu_with_e2e(loader_run, tmp_path):
+    from benchmarks import train_throughput
+
+    beton = sorted((loader_run.parent / "betons").glob("*proportion*.beton"))[0]
+    out = tmp_path / "train.csv"
+    train_throughput.run(["--arch", "resnet18", "--device", "cpu", "--batch-size", "4",
+                          "--train-res", "32", "--val-res", "40", "--steps", "2", "--warmup", "1",
+                          "--variants", "fp32-cl", "--modes", "train,val,e2e", "--workers", "1",
+                          "--beton", str(beton), "--out", str(out)])
+    df = pd.read_csv(out)
+    for col in ["arch", "mode", "variant", "res", "batch_size", "img_per_s",
+                "model_only_img_per_s", "loader_img_per_s", "loader_bound", *MACHINE_COLUMNS]:
+        assert col in df.columns, col
+    assert list(df["mode"]) == ["train", "val", "e2e"]
+    assert (df.img_per_s > 0).all()
+    e2e = df[df["mode"] == "e2e"].iloc[0]
+    assert e2e.model_only_img_per_s > 0 and e2e.loader_img_per_s > 0
+    assert e2e.loader_bound in ("yes", "no")
+    assert (df.gpu == "none").all() or df.device.str.startswith("cuda").any()
+
+
+def test_train_variant_parsing():
+    from benchmarks.train_throughput import parse_variant
+
+    assert parse_variant("bf16-cl-compile") == {"name": "bf16-cl-compile", "precision": "bf16",
+                                                "channels_last": True, "compile": True}
+    with pytest.raises(ValueError):
+        parse_variant("cl")
+    with pytest.raises(ValueError):
+        parse_variant("fp32-fast")
+
+
+def test_render_fills_only_the_perf_block(loader_run, tmp_path):
+    from benchmarks import render
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "loader_cpu.csv").write_bytes(loader_run.read_bytes())
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nintro\n\n<!-- perf:start -->\nSTALE-BLOCK\n<!-- perf:end -->\ntail\n")
+    render.main(["--results", str(results), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nintro\n\n<!-- perf:start -->\n")
+    assert text.endswith("<!-- perf:end -->\ntail\n")
+    assert "STALE-BLOCK" not in text
+    assert "| torchvision |" in text and "1.00×" in text
+    df = pd.read_csv(loader_run)
+    assert df.cpu_model.iloc[0] in text and df.date.iloc[0] in text
+    render.main(["--results", str(results), "--readme", str(readme)])
+    assert readme.read_text() == text  # idempotent
