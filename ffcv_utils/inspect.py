@@ -10,6 +10,7 @@ Exit status 0 when everything is consistent, 1 when a problem was found (printed
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -132,8 +133,6 @@ def compare(results: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pandas as pd
-
     class Parser(argparse.ArgumentParser):
         def error(self, message):
             raise UserError(message)
@@ -145,12 +144,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="list every class even when there are many")
     args = parser.parse_args(argv)
     results = [inspect_beton(p) for p in args.betons]
+    try:
+        return _report(results, args.all_classes)
+    except BrokenPipeError:  # `... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _report(results: list[dict], all_classes: bool) -> int:
+    import pandas as pd
+
     with pd.option_context("display.width", 200, "display.max_columns", 20,
                            "display.max_rows", 100000):
         print(overview(results).to_string())
         print()
         table = class_table(results)
-        if len(table) <= 30 or args.all_classes:
+        if len(table) <= 30 or all_classes:
             print(table.to_string())
         else:
             counts = table.drop(columns="class")

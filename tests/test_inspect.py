@@ -63,3 +63,22 @@ def test_missing_or_bogus_files_are_user_errors(tmp_path):
     junk.write_bytes(np.random.default_rng(0).bytes(100))
     with pytest.raises(UserError, match="not a readable .beton"):
         inspect_beton(junk)
+
+
+def test_many_classes_are_summarised(capsys):
+    from ffcv_utils.inspect import _report
+
+    names = [f"n{i:08d}" for i in range(1000)]
+    counts = np.full(1000, 1300)
+    counts[[7, 500]] = (732, 1)
+    result = {"path": "train.beton", "bytes": 10**9, "samples": int(counts.sum()),
+              "classes": names, "label_counts": counts, "sidecar": None, "problems": [],
+              "fields": {}}
+    assert _report([result], all_classes=False) == 0
+    out = capsys.readouterr().out
+    assert "1000 classes" in out
+    smallest = out.split("smallest classes:")[1]
+    assert smallest.index("n00000500") < smallest.index("n00000007")  # 1 image, then 732
+    assert len(out.splitlines()) < 30
+    assert _report([result], all_classes=True) == 0
+    assert "n00000999" in capsys.readouterr().out

@@ -303,3 +303,28 @@ def test_sidecar_is_replaced_with_the_beton(messy_written, tmp_path, messy):
     dataset_info.write_info(target, {"classes": ["stale"]})
     s = write_split(root, "train", target, max_resolution=16, num_workers=1, progress=False)
     assert json.loads(Path(s["sidecar"]).read_text())["classes"] == s["classes"]
+
+
+@pytest.mark.timeout(60)
+def test_a_file_that_breaks_after_the_check_fails_the_write_instead_of_hanging(tmp_path):
+    """ffcv's own writer would wait forever for a sample whose process died; ours reports it."""
+    import psutil
+    from ffcv.fields import IntField, RGBImageField
+
+    from ffcv_utils.writer import WriteError, _write_beton
+
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    Image.fromarray(_photo(1)).save(good)
+    bad.write_bytes(b"garbage, written after the check pass")
+    samples = [(str(good), 0)] * 40 + [(str(bad), 1)] + [(str(good), 0)] * 40
+    fields = {"image": RGBImageField(write_mode="raw"), "label": IntField()}
+
+    def helpers():
+        return {p.pid for p in psutil.Process().children(recursive=True)
+                if "resource_tracker" not in " ".join(p.cmdline())}
+
+    before = helpers()
+    with pytest.raises(WriteError, match="bad.jpg could not be read"):
+        _write_beton(tmp_path / "x.beton", fields, samples, num_workers=2, chunk_size=8,
+                     page_size=1 << 23, progress=False)
+    assert helpers() <= before  # both writer processes are gone
