@@ -64,27 +64,25 @@ def folder_fingerprint(files: list[Path]) -> tuple[int, str]:
 
 def write_beton(data_dir: Path, path: Path, mode: str, workers: int) -> str:
     """Write ``data_dir/train`` to ``path``; returns which writer did it."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.unlink(missing_ok=True)
     try:
         from ffcv_utils.writer import write_split
     except ImportError:
         write_split = None
-    if write_split is not None:
-        write_split(data_dir, "train", tmp, write_mode=mode, num_workers=max(1, workers),
+    if write_split is not None:  # it writes to a temporary file and renames it itself
+        write_split(data_dir, "train", path, write_mode=mode, num_workers=max(1, workers),
                     progress=False, **PUBLISHED)
-        writer = "ffcv_utils.writer.write_split"
-    else:
-        from ffcv.fields import IntField, RGBImageField
-        from ffcv.writer import DatasetWriter
-        from torchvision.datasets import ImageFolder
+        return "ffcv_utils.writer.write_split"
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+    from torchvision.datasets import ImageFolder
 
-        dataset = ImageFolder(str(data_dir / "train"))
-        fields = {"image": RGBImageField(write_mode=mode, **PUBLISHED), "label": IntField()}
-        DatasetWriter(str(tmp), fields, num_workers=max(1, workers)).from_indexed_dataset(dataset)
-        writer = "ffcv.writer.DatasetWriter"
+    tmp = path.with_name(path.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    dataset = ImageFolder(str(data_dir / "train"))
+    fields = {"image": RGBImageField(write_mode=mode, **PUBLISHED), "label": IntField()}
+    DatasetWriter(str(tmp), fields, num_workers=max(1, workers)).from_indexed_dataset(dataset)
     tmp.rename(path)
-    return writer
+    return "ffcv.writer.DatasetWriter"
 
 
 def ensure_betons(data_dir: Path, cache: Path, modes: list[str], workers: int,

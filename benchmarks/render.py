@@ -100,6 +100,15 @@ def render_train(name: str, df) -> str:
     return "\n\n".join(parts)
 
 
+def render_profile(name: str, df) -> str:
+    head = (f"**Where the loader's time goes** (`{name}`, `benchmarks/profile_loader.py`): one "
+            f"core, per image, {int(_first(df, 'images', 0))} images of the proportion beton "
+            f"({int(_first(df, 'jpg_images', 0))} stored as JPEG, mean "
+            f"{_first(df, 'mean_kpixel')} kpixel), crop resized to {int(_first(df, 'res', 0))}px,"
+            f" minimum of repeated runs. Measured on {machine_line(df)}.")
+    return head + "\n\n" + markdown_table(df[["step", "ms_per_image", "share_of"]])
+
+
 def render(results: Path) -> str:
     import pandas as pd
 
@@ -113,6 +122,9 @@ def render(results: Path) -> str:
         blocks.append(render_loader(p.name, pd.read_csv(p)))
     for p in train:
         blocks.append(render_train(p.name, pd.read_csv(p)))
+    for p in csvs:
+        if "step" in pd.read_csv(p, nrows=0).columns:
+            blocks.append(render_profile(p.name, pd.read_csv(p)))
     notes = results / "NOTES.md"
     if notes.exists():
         blocks.append(notes.read_text().strip())
