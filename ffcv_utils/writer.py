@@ -101,12 +101,16 @@ def _visible(name: str) -> bool:
 
 def list_classes(split_dir: Path) -> list[str]:
     try:
-        names = [e.name for e in os.scandir(split_dir) if e.is_dir() and _visible(e.name)]
+        entries = [e for e in os.scandir(split_dir) if _visible(e.name)]
+        names = [e.name for e in entries if e.is_dir()]
     except OSError as e:
         raise UserError(f"cannot read {split_dir}: {e.strerror}") from None
     if not names:
+        files = len(entries)
+        hint = (f"; it holds {files} files directly: sort them into class folders first "
+                "(ImageNet's val/ ships flat, see valprep.sh)") if files else ""
         raise UserError(f"no class folders in {split_dir} "
-                        f"(expected {split_dir}/<class name>/<image files>)")
+                        f"(expected {split_dir}/<class name>/<image files>){hint}")
     return sorted(names)
 
 

@@ -328,3 +328,20 @@ def test_a_file_that_breaks_after_the_check_fails_the_write_instead_of_hanging(t
         _write_beton(tmp_path / "x.beton", fields, samples, num_workers=2, chunk_size=8,
                      page_size=1 << 23, progress=False)
     assert helpers() <= before  # both writer processes are gone
+
+
+def test_class_lists_from_a_beton_a_json_or_a_text_file(messy_written, tmp_path):
+    from ffcv_utils.writer import read_class_list
+
+    out, train, _ = messy_written
+    assert read_class_list(out / "train.beton") == train["classes"]
+    assert read_class_list(out / "train.beton.json") == train["classes"]
+    (tmp_path / "classes.txt").write_text("n02\nn01\n\n")
+    assert read_class_list(tmp_path / "classes.txt") == ["n02", "n01"]
+    (tmp_path / "list.json").write_text('["b", "a"]')
+    assert read_class_list(tmp_path / "list.json") == ["b", "a"]
+    (tmp_path / "dup.txt").write_text("a\na\n")
+    with pytest.raises(UserError, match="twice"):
+        read_class_list(tmp_path / "dup.txt")
+    with pytest.raises(UserError, match="not found"):
+        read_class_list(tmp_path / "none.beton")
