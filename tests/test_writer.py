@@ -1,6 +1,7 @@
 """ffcv_utils.writer.write_split on real folders, read back with the real ffcv Reader/Loader."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -249,6 +250,8 @@ def test_round_trip_digits_through_the_ffcv_loader(digits_dir, digits_betons):
             shapes.add(tuple(images.shape[1:]))
         assert got == expected
         assert shapes == {(3, 32, 32)}
+        del loader, images, labels
+        gc.collect()  # run numba's finalizers here, under this test's warning filter
 
 
 def test_proportion_mode_is_reproducible_and_close_to_the_probability(photos_dir, tmp_path):
