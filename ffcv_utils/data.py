@@ -8,6 +8,7 @@ when a pipeline goes jitted -> non-jitted -> jitted (``NormalizeImage`` on CPU a
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,10 @@ class TrainData:
         # ffcv re-queries output shapes at the start of each epoch, so this takes effect
         # at the next ``iter(loader)`` without recompiling.
         self.decoder.output_size = (int(res), int(res))
+
+    def set_epoch(self, epoch: int) -> None:
+        # The data order is drawn from (seed, epoch): a resumed run must continue the sequence.
+        self.loader.next_epoch = int(epoch)
 
     @property
     def resolution(self) -> int:
@@ -100,8 +105,16 @@ def val_loader(path: str, *, batch_size: int, num_workers: int, res: int,
                   pipelines={"image": image, "label": _label_pipeline(device)})
 
 
+@functools.lru_cache(maxsize=None)
+def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    # Built once per device/dtype: creating them per batch would be a blocking host-to-GPU
+    # copy, i.e. a synchronisation, at every training step.
+    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    return mean, std
+
+
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 NCHW -> ``dtype``, ImageNet-normalised, keeping the memory format."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    mean, std = _mean_std(images.device, dtype)
     return (images.to(dtype) - mean) / std

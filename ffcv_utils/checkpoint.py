@@ -1,0 +1,72 @@
+"""Checkpoints that survive preemption: written to a temporary file and renamed into place, so a
+kill at any moment leaves the previous complete file, never a truncated one."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+LAST = "checkpoint_last.pt"
+BEST = "checkpoint_best.pt"
+FINAL = "final_weights.pt"
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, flushed, then renamed over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def training_state(*, model, optimizer, scaler, epoch: int, best_top1: float, params: dict,
+                   run_id: str, history: list | None = None) -> dict:
+    """Everything a resumed run needs. ``epoch`` is the number of completed epochs."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "best_top1": best_top1,
+            "params": params, "run_id": run_id, "history": history or []}
+
+
+def load(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def strip_wrappers(state_dict: dict) -> dict:
+    """Drop DDP's ``module.`` and torch.compile's ``_orig_mod.`` key prefixes."""
+    out = {}
+    for k, v in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in WRAPPER_PREFIXES:
+                if k.startswith(prefix):
+                    k, changed = k[len(prefix):], True
+        out[k] = v
+    return out
+
+
+def weights_from_file(path: str | Path) -> tuple[dict, dict]:
+    """``(state_dict, checkpoint or {})`` from either a training checkpoint or a plain state_dict."""
+    obj = load(path)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        return strip_wrappers(obj["model"]), obj
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return strip_wrappers(obj), {}
+    raise ValueError(f"{path} holds neither a state_dict nor a training checkpoint")
+
+
+def find_last(run_dir: str | Path) -> Path | None:
+    path = Path(run_dir) / LAST
+    return path if path.is_file() else None
