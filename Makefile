@@ -35,6 +35,7 @@ demo: install
 	$(PY) write_ffcv.py --split train --cfg.data_dir $(DEMO_DIR) --cfg.write_path $(DEMO_OUT)_train.beton --cfg.max_resolution 64
 	$(PY) write_ffcv.py --split val --cfg.data_dir $(DEMO_DIR) --cfg.write_path $(DEMO_OUT)_val.beton --cfg.max_resolution 64
 	$(PY) -m ffcv_utils.inspect $(DEMO_OUT)_train.beton $(DEMO_OUT)_val.beton
+	$(PY) train_imagenet.py --config-file rn18_configs/rn18_demo.yaml --data.train_dataset $(DEMO_OUT)_train.beton --data.val_dataset $(DEMO_OUT)_val.beton
 
 test: install
 	$(PY) -m pytest
