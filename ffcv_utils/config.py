@@ -326,8 +326,9 @@ def check_values(p: SimpleNamespace) -> None:
     _need(r.start_ramp <= r.end_ramp, "resolution.start_ramp",
           f"{r.start_ramp} is after resolution.end_ramp {r.end_ramp}")
     _need(lr.lr > 0, "lr.lr", f"must be positive, got {lr.lr}")
-    _need(0 <= lr.lr_peak_epoch <= t.epochs, "lr.lr_peak_epoch",
-          f"must be between 0 and training.epochs ({t.epochs}), got {lr.lr_peak_epoch}")
+    if lr.lr_schedule_type == "cyclic":
+        _need(0 <= lr.lr_peak_epoch <= t.epochs, "lr.lr_peak_epoch",
+              f"must be between 0 and training.epochs ({t.epochs}), got {lr.lr_peak_epoch}")
     _need(0 < lr.step_ratio <= 1, "lr.step_ratio", f"must be in (0, 1], got {lr.step_ratio}")
     _need(lr.step_length >= 1, "lr.step_length", f"must be at least 1, got {lr.step_length}")
     _need(0 <= lr.warmup_epochs < t.epochs, "lr.warmup_epochs",

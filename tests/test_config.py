@@ -231,3 +231,11 @@ def test_cli_errors_are_one_line_exit_2_no_traceback(tmp_path, betons):
     assert not (tmp_path / "logs").exists()
     help_ = run_cli("--help")
     assert help_.returncode == 0 and "--lr.scale_lr" in help_.stdout
+
+
+def test_schedule_keys_checked_only_where_they_apply(betons):
+    # lr_peak_epoch (default 2) only matters to the cyclic schedule
+    p, _ = load_config([*betons, "--lr.lr_schedule_type", "cosine", "--training.epochs", "1"])
+    assert p.lr.lr_schedule_type == "cosine"
+    with pytest.raises(UserError, match="lr.lr_peak_epoch"):
+        load_config([*betons, "--training.epochs", "1"])
