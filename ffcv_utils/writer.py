@@ -663,9 +663,6 @@ def write_split(data_dir: str | Path, split: str, write_path: str | Path, *,
                 dataset_info.sidecar_path(target).unlink(missing_ok=True)
                 os.replace(tmp, target)
                 sidecar = dataset_info.write_info(target, info)
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(sidecar, 0o666 & ~umask)  # readable like the beton, not mkstemp's 0600
         finally:
             tmp.unlink(missing_ok=True)
 
