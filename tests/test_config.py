@@ -229,8 +229,15 @@ def test_cli_errors_are_one_line_exit_2_no_traceback(tmp_path, betons):
     [line] = mismatch.stderr.strip().splitlines()
     assert "train and val class lists differ" in line
     assert not (tmp_path / "logs").exists()
-    help_ = run_cli("--help")
-    assert help_.returncode == 0 and "--lr.scale_lr" in help_.stdout
+
+
+def test_help_lists_every_key(capsys):
+    with pytest.raises(SystemExit) as e:
+        load_config(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for key in ("--lr.scale_lr", "--training.resume", "--data.train_dataset", "--dist.port"):
+        assert key in out
 
 
 def test_schedule_keys_checked_only_where_they_apply(betons):
