@@ -56,6 +56,9 @@ def render_loader(name: str, df) -> str:
                                if ok and base_first else ""),
             "data MiB": r.dataset_bytes / 2**20 if r.dataset_bytes == r.dataset_bytes else "",
             "peak RSS MiB": r.peak_rss_mb,
+            "every round img/s": (str(getattr(r, "rounds_img_per_s", "")).replace(";", ", ")
+                                  if isinstance(getattr(r, "rounds_img_per_s", None), str)
+                                  else ""),
             "note": r.note if isinstance(r.note, str) else "",
         })
     import pandas as pd
@@ -66,6 +69,12 @@ def render_loader(name: str, df) -> str:
             f"out, {int(_first(df, 'workers', 0))} workers, batch {int(_first(df, 'batch_size', 0))}"
             f", {int(_first(df, 'epochs', 0))} epochs (first reported apart). "
             f"Measured on {machine_line(df)}.")
+    loads = [c for c in ("load_1m_before", "load_1m_after") if c in df.columns]
+    if loads and df[loads].notna().any().any():
+        vals = df[loads].to_numpy().ravel()
+        vals = vals[vals == vals]
+        head += (f" 1-minute load average around the loaders: {vals.min():.1f}-{vals.max():.1f} "
+                 f"(2 cores shared with other work; each loader's best round is shown).")
     return head + "\n\n" + table
 
 
