@@ -1,8 +1,8 @@
-# Source this at the start of a `run` command on a GPU machine that has torch but no ffcv:
+# Source this in a shell on a GPU machine that has torch but no ffcv (and no network):
 #
 #     . benchmarks/gpu_setup.sh && python3 -c 'import ffcv'
 #
-# with `carry: [".gpu"]`. The bundle in .gpu/ (git-ignored; how to rebuild it: benchmarks/README.md)
+# with the .gpu/ bundle copied into the repository. The bundle in .gpu/ (git-ignored; how to rebuild it: benchmarks/README.md)
 # holds wheels/ (ffcv 1.0.2 built for cp312, plus the pure-Python fastargs, terminaltables,
 # assertpy, pytorch_pfn_extras) and debs/ (Debian bookworm's libturbojpeg0, libopencv-core406,
 # libopencv-imgproc406 and the libraries they link against). Wheels go to /tmp/site, the .debs
@@ -10,7 +10,7 @@
 # LD_LIBRARY_PATH, so its own newer copies win.
 _gpu_bundle="${GPU_BUNDLE:-.gpu}"
 if [ ! -d "$_gpu_bundle/wheels" ] || [ ! -d "$_gpu_bundle/debs" ]; then
-    echo "gpu_setup: no bundle at $_gpu_bundle (carry it: carry=[\".gpu\"])" >&2
+    echo "gpu_setup: no bundle at $_gpu_bundle (copy .gpu/ into the repository first)" >&2
     return 1 2>/dev/null || exit 1
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -135,6 +135,22 @@ def _check_batch(images) -> None:
     assert images.ndim == 4 and images.shape[1] == 3, images.shape
 
 
+def _time_loader(loader, epochs: int, setup_s: float) -> dict:
+    """Time ``epochs`` passes over a loader, checking the first batch's format."""
+    checked = []
+
+    def make_iter():
+        for images, labels in loader:
+            if not checked:
+                _check_batch(images)
+                checked.append(True)
+            yield images, labels
+
+    result = _time_epochs(make_iter, epochs)
+    result["setup_s"] = setup_s
+    return result
+
+
 def child_ffcv(args, stock: bool) -> dict:
     """The first epoch includes numba compilation of the pipeline (ffcv compiles on first iteration)."""
     import torch
@@ -160,19 +176,7 @@ def child_ffcv(args, stock: bool) -> dict:
 
         loader = train_loader(args.beton, batch_size=args.batch_size, num_workers=args.workers,
                               res=args.res, device="cpu", in_memory=True, seed=0).loader
-    setup = now() - t0
-    checked = []
-
-    def make_iter():
-        for images, labels in loader:
-            if not checked:
-                _check_batch(images)
-                checked.append(True)
-            yield images, labels
-
-    result = _time_epochs(make_iter, args.epochs)
-    result["setup_s"] = setup
-    return result
+    return _time_loader(loader, args.epochs, setup_s=now() - t0)
 
 
 def child_torchvision(args) -> dict:
@@ -187,19 +191,7 @@ def child_torchvision(args) -> dict:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
                                          num_workers=args.workers, drop_last=True,
                                          persistent_workers=args.workers > 0)
-    setup = now() - t0
-    checked = []
-
-    def make_iter():
-        for images, labels in loader:
-            if not checked:
-                _check_batch(images)
-                checked.append(True)
-            yield images, labels
-
-    result = _time_epochs(make_iter, args.epochs)
-    result["setup_s"] = setup
-    return result
+    return _time_loader(loader, args.epochs, setup_s=now() - t0)
 
 
 def child_dali(args) -> dict:
