@@ -228,6 +228,7 @@ def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype,
 @torch.no_grad()
 def evaluate(model, loader, p, env, dtype, num_classes) -> dict:
     """Top-1/top-5/loss over this rank's shard, summed over ranks: each image counts once."""
+    du.sync_buffers(model, env)  # every shard evaluated by the same model: the checkpointed one
     model.eval()
     meter = SumMeter(("top_1", "top_5", "loss", "images"), env.device)
     k = min(5, num_classes)

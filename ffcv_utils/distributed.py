@@ -94,6 +94,18 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
     return bool(t.item() > 0)
 
 
+def sync_buffers(model: torch.nn.Module, env: DistEnv) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every process.
+
+    DDP only broadcasts buffers at the start of a training forward, so after the last step each
+    rank holds statistics updated by its own batch; evaluating with those would mix slightly
+    different models across shards. Rank 0's are the ones the checkpoint saves.
+    """
+    if env.distributed:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def broadcast_object(obj, env: DistEnv):
     """Rank 0's ``obj`` on every process (e.g. a freshly drawn run id)."""
     if not env.distributed:
