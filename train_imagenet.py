@@ -10,6 +10,8 @@ ffcv_utils/config.py (``--help`` lists them); the reusable parts in ffcv_utils/.
 """
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 import time
@@ -22,10 +24,12 @@ import torch.nn.functional as F
 from ffcv_utils import checkpoint as ckpt
 from ffcv_utils import distributed as du
 from ffcv_utils.cli import UserError, run_main
-from ffcv_utils.config import as_flat_dict, dumps, load_config
-from ffcv_utils.dataset_info import class_list_mismatch, read_info, sidecar_path
-from ffcv_utils.logging import JsonlLogger, SumMeter, read_jsonl
-from ffcv_utils.models import create_model, param_groups, unwrap
+from ffcv_utils.config import as_flat_dict, load_config
+from ffcv_utils.data import normalize, train_loader, val_loader
+from ffcv_utils.dataset_info import (atomic_write_text, class_list_mismatch, read_info,
+                                     sidecar_path)
+from ffcv_utils.logging import JsonlLogger, SumMeter
+from ffcv_utils.models import create_model, param_groups
 from ffcv_utils.schedules import epoch_lrs, resolution_at, scaled_lr
 
 # How often (in iterations) distributed ranks agree on whether a stop signal arrived: each check
@@ -105,8 +109,6 @@ def check_class_lists(p) -> tuple[int, list | None]:
 
 
 def make_loaders(p, env: du.DistEnv, num_workers: int):
-    from ffcv_utils.data import train_loader, val_loader
-
     train = None
     if not p.training.eval_only:
         train = train_loader(p.data.train_dataset, batch_size=p.training.batch_size,
@@ -169,8 +171,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def inputs(images: torch.Tensor, dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
-    from ffcv_utils.data import normalize
-
     # On CUDA, normalising straight into the autocast dtype halves the input's memory traffic.
     x = normalize(images, dtype if images.is_cuda and dtype is not None else torch.float32)
     return x if channels_last else x.contiguous()
@@ -320,7 +320,7 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     say(env, f"run folder {run_dir} | {env.world_size} process(es) on {env.device.type} "
              f"({env.backend if env.distributed else 'single process'})")
 
-    num_workers = p.data.num_workers or max(1, (__import__("os").cpu_count() or 1)
+    num_workers = p.data.num_workers or max(1, (os.cpu_count() or 1)
                                             // env.local_world_size)
     lr, lr_note = effective_lr(p, meta, env)
     dtype = amp_dtype(p, env.device)
@@ -370,8 +370,6 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     train_data, val_loader = make_loaders(p, env, num_workers)
     logger = JsonlLogger(run_dir / "log.jsonl", enabled=env.is_main)
     if env.is_main:
-        from ffcv_utils.dataset_info import atomic_write_text
-
         resolved = dict(as_flat_dict(p), **{
             "derived.effective_lr": lr, "derived.world_size": env.world_size,
             "derived.global_batch_size": p.training.batch_size * env.world_size,
@@ -379,7 +377,6 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
             "derived.precision": str(dtype).replace("torch.", "") if dtype else "float32",
             "derived.num_workers": num_workers, "derived.config_files": meta["config_files"],
             "derived.argv": argv})
-        import json
         atomic_write_text(run_dir / "params.json", json.dumps(resolved, indent=2) + "\n")
 
     # Evaluation only ---------------------------------------------------------------------

@@ -65,10 +65,7 @@ def main(argv=None):
     from ffcv.fields.rgb_image import get_random_crop
     from ffcv.libffcv import imdecode, resize_crop
 
-    rng = np.random.default_rng(0)
     samples = load_samples(args.beton, args.images)
-    jpgs = [s for s in samples if s[0] == 0]
-    raws = [s for s in samples if s[0] == 1]
     res = args.res
     dst = np.empty((res, res, 3), np.uint8)
     flipped = np.empty_like(dst)

@@ -14,7 +14,6 @@ Every key of the public ffcv-imagenet configs is accepted unchanged.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -378,6 +377,3 @@ def as_flat_dict(p: SimpleNamespace) -> dict:
     """``{'section.key': value}`` for params.json and checkpoints."""
     return {f"{sec}.{k}": v for sec, ns in vars(p).items() for k, v in vars(ns).items()}
 
-
-def dumps(p: SimpleNamespace) -> str:
-    return json.dumps(as_flat_dict(p), indent=2, sort_keys=True)

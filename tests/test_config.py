@@ -1,7 +1,6 @@
 """Configuration: every public ffcv-imagenet key accepted, bad input refused in one line before
 any work starts, and the LR scaling rule."""
 import importlib.util
-import json
 import subprocess
 import sys
 from pathlib import Path

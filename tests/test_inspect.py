@@ -1,7 +1,6 @@
 """python -m ffcv_utils.inspect: what it reports must match the beton and its sidecar."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np

@@ -5,8 +5,7 @@ import torchvision
 from torch import nn
 
 from ffcv_utils.checkpoint import strip_wrappers
-from ffcv_utils.models import (BlurPoolConv2d, apply_blurpool, create_model, param_groups,
-                               unwrap)
+from ffcv_utils.models import BlurPoolConv2d, apply_blurpool, create_model, param_groups
 
 
 def test_blurpool_equals_fixed_blur_then_conv():
@@ -56,10 +55,6 @@ def test_param_groups_no_weight_decay_on_batchnorm():
     assert [g["name"] for g in param_groups(model, 1e-4, bn_wd=True)] == ["decay"]
 
 
-def test_unwrap_and_strip_prefixes():
-    model = create_model("resnet18", 10)
-    compiled_like = nn.Module()
-    compiled_like._orig_mod = model
-    assert unwrap(compiled_like) is model
+def test_strip_wrapper_prefixes():
     sd = {"module._orig_mod.fc.bias": torch.zeros(1), "fc.weight": torch.zeros(1)}
     assert set(strip_wrappers(sd)) == {"fc.bias", "fc.weight"}

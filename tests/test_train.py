@@ -2,7 +2,6 @@
 outputs are complete, eval-only reproduces the logged metrics, and an interrupted run resumed
 with ``--training.resume auto`` logs each epoch once with the LRs of an uninterrupted run."""
 import json
-import os
 import signal
 import subprocess
 import sys
