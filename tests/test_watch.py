@@ -1,0 +1,79 @@
+"""Watching a run and using its model, on one short real trainer run over the digits betons:
+TensorBoard event files, W&B offline run folder, telemetry in log.jsonl, the metrics plot."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_train import ROOT, args_for, command
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def watched_run(digits_betons, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("watched")
+    env = dict(os.environ, WANDB_DIR=str(folder / "wandb_dir"), WANDB_SILENT="true",
+               WANDB_MODE="offline", WANDB_DISABLE_GIT="true")
+    args = [a if a != "3" else "2" for a in args_for(digits_betons, folder)]  # 2 epochs
+    result = subprocess.run(command(*args, "--logging.run_id", "w", "--logging.tensorboard", "1",
+                                    "--logging.step_interval", "5",
+                                    "--logging.wandb_project", "ffcv-test",
+                                    "--logging.wandb_mode", "offline"),
+                            capture_output=True, text=True, cwd=ROOT, timeout=280, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "w", result
+
+
+def test_tensorboard_event_files_hold_step_and_epoch_scalars(watched_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_dir, _ = watched_run
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"step/loss", "step/lr", "epoch/train_loss", "epoch/top_1", "epoch/val_loss",
+            "epoch/train_images_per_s", "epoch/train_res", "epoch/data_wait_s"} <= tags
+    assert len(acc.Scalars("epoch/top_1")) == 2
+    steps = [e.step for e in acc.Scalars("step/loss")]
+    assert steps and all(s % 5 == 0 for s in steps) and len(steps) > 2
+
+
+def test_wandb_offline_run_folder_and_id_kept_for_resume(watched_run):
+    run_dir, _ = watched_run
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    runs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert runs, list((run_dir / "wandb").iterdir())
+    assert list(runs[0].glob("*.wandb"))
+
+
+def test_log_has_telemetry_and_classes_are_recorded(watched_run, digits_dir):
+    run_dir, _ = watched_run
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert r["peak_gpu_mem_gb"] is None  # CPU: no allocator statistics
+        assert 0 <= r["data_wait_s"] <= r["train_seconds"]
+        assert r["loader_bound"] == (r["data_wait_fraction"] > 0.10)
+    assert json.loads((run_dir / "classes.json").read_text()) == sorted(
+        d.name for d in (Path(digits_dir) / "train").iterdir())
+
+
+def test_trainer_writes_plot_and_plot_cli_overlays_runs(watched_run, tmp_path):
+    from PIL import Image
+    run_dir, result = watched_run
+    png = run_dir / "metrics.png"
+    assert f"plot: {png}" in result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(png).size[0] > 1000
+    out = tmp_path / "both.png"
+    cli = subprocess.run([sys.executable, "-m", "ffcv_utils.plot", str(run_dir), str(run_dir),
+                          "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert cli.returncode == 0 and out.is_file(), cli.stderr
+    bad = subprocess.run([sys.executable, "-m", "ffcv_utils.plot", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and "no log.jsonl" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
