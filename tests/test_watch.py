@@ -142,3 +142,30 @@ def test_export_agrees_with_pytorch_on_real_images(watched_run, digits_dir, tmp_
     with torch.no_grad():
         ref = rm.model(x).numpy()
     assert np.allclose(run_exported(fmt, out, x), ref, atol=1e-3)
+
+
+def test_tracking_is_one_line_when_missing_and_wandb_id_survives_resume(tmp_path, monkeypatch,
+                                                                         capsys):
+    from types import SimpleNamespace
+
+    from ffcv_utils import tracking
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    log = SimpleNamespace(step_interval=1, tensorboard=1, wandb_project="p", wandb_name="",
+                          wandb_mode="offline")
+    p = SimpleNamespace(logging=log)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    first = tracking.Trackers(p, tmp_path, {"a": 1})
+    assert "logging.tensorboard: cannot start TensorBoard" in capsys.readouterr().err
+    first.epoch({"epoch": 0, "train_loss": 1.0}, 10)
+    first.close()
+    run_id = (tmp_path / tracking.WANDB_ID_FILE).read_text().strip()
+    again = tracking.Trackers(p, tmp_path, {"a": 1})  # the resumed run
+    assert again.sinks[-1].run.id == run_id
+    again.close()
+    assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) >= 1
+    off = tracking.Trackers(SimpleNamespace(logging=SimpleNamespace(
+        step_interval=1, tensorboard=0, wandb_project="", wandb_name="", wandb_mode="online")),
+        tmp_path, {})
+    assert off.sinks == []  # off by default: nothing started
