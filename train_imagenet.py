@@ -28,7 +28,7 @@ from ffcv_utils.config import as_flat_dict, load_config
 from ffcv_utils.data import normalize, train_loader, val_loader
 from ffcv_utils.dataset_info import (atomic_write_text, class_list_mismatch, read_info,
                                      sidecar_path)
-from ffcv_utils.plot import write_plot
+from ffcv_utils.plot import plot_run
 from ffcv_utils.logging import JsonlLogger, SumMeter
 from ffcv_utils import telemetry
 from ffcv_utils.tracking import Trackers
@@ -454,7 +454,7 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     if env.is_main:
         ckpt.atomic_save(raw_model.state_dict(), run_dir / ckpt.FINAL)
         if p.logging.plot:
-            say(env, f"plot: {write_plot([run_dir])}")
+            say(env, f"plot: {plot_run(run_dir)}")
     du.barrier(env)
     total = time.perf_counter() - run_start
     final = f"{top1:.4f}" if top1 is not None else "n/a"

@@ -35,14 +35,12 @@ def load_runs(run_dirs) -> list[tuple[str, list[dict]]]:
     return runs
 
 
-def write_plot(run_dirs, out: str | Path | None = None) -> Path:
-    """Write the figure atomically and return its path."""
+def make_figure(runs):
+    """One panel per PANELS entry, one line per run and series present in the logs."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = load_runs(run_dirs)
-    out = Path(out) if out else Path(run_dirs[0]) / "metrics.png"
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), constrained_layout=True)
     for ax, (title, series) in zip(axes.flat, PANELS):
         for name, rows in runs:
@@ -54,16 +52,36 @@ def write_plot(run_dirs, out: str | Path | None = None) -> Path:
                 text = " ".join(t for t in ((name if len(runs) > 1 else ""), label) if t)
                 ax.plot(x, y, marker="o", markersize=3, label=text or None)
         ax.set_title(title)
+        if title == "loss":  # the first epochs' val loss can be orders of magnitude higher
+            ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(", ".join(name for name, _ in runs))
+    return fig
+
+
+def write_plot(run_dirs, out: str | Path | None = None) -> Path:
+    """Write the figure atomically and return its path."""
+    import matplotlib.pyplot as plt
+
+    fig = make_figure(load_runs(run_dirs))
+    out = Path(out) if out else Path(run_dirs[0]) / "metrics.png"
     tmp = out.with_name(out.name + ".tmp.png")
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
     tmp.replace(out)
     return out
+
+
+def plot_run(run_dir) -> str:
+    """For the trainer's last line: the plot's path, or why there is none (training is done
+    either way, so a plotting problem must not turn a finished run into a failure)."""
+    try:
+        return str(write_plot([run_dir]))
+    except Exception as e:  # matplotlib missing, disk full, ...
+        return f"not written ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"
 
 
 def main(argv=None) -> int:

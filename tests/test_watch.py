@@ -73,6 +73,11 @@ def test_trainer_writes_plot_and_plot_cli_overlays_runs(watched_run, tmp_path):
     cli = subprocess.run([sys.executable, "-m", "ffcv_utils.plot", str(run_dir), str(run_dir),
                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert cli.returncode == 0 and out.is_file(), cli.stderr
+    from ffcv_utils.plot import PANELS, load_runs, make_figure
+    fig = make_figure(load_runs([run_dir, run_dir]))
+    assert [ax.get_title() for ax in fig.axes] == [title for title, _ in PANELS]
+    accuracy = fig.axes[1]
+    assert len(accuracy.get_lines()) == 4  # top-1 and top-5 for each of the two runs (no EMA)
     bad = subprocess.run([sys.executable, "-m", "ffcv_utils.plot", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and "no log.jsonl" in bad.stderr
