@@ -6,16 +6,15 @@
 Writes FILE (default RUN_DIR/model.onnx or model.torchscript.pt) and FILE.json (classes, preprocessing)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from ffcv_utils.cli import run_main
+from ffcv_utils.cli import ArgParser, run_main
 from ffcv_utils.export import FORMATS, SUFFIX, check, export
 from ffcv_utils.predict import load_run_model
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="export.py", description=__doc__.split("\n")[0])
+    ap = ArgParser(prog="export.py", description=__doc__.split("\n")[0])
     ap.add_argument("--weights", required=True)
     ap.add_argument("--format", required=True, choices=FORMATS)
     ap.add_argument("--check-images", nargs="+", required=True, metavar="IMAGE_OR_FOLDER",

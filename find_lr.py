@@ -7,7 +7,6 @@ Works on CPU and under torchrun (each rank steps, losses averaged, rank 0 prints
 suggested LR as the value for ``lr.lr`` at the config's batch, plus a plot."""
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import statistics
@@ -17,7 +16,7 @@ import torch
 
 import ffcv_utils.distributed as du
 from ffcv_utils import lr_finder
-from ffcv_utils.cli import UserError, run_main
+from ffcv_utils.cli import ArgParser, UserError, run_main
 from ffcv_utils.config import load_config
 from ffcv_utils.data import train_loader
 from ffcv_utils.models import create_model, param_groups
@@ -25,7 +24,7 @@ from train_imagenet import amp_dtype, autocast, check_class_lists, inputs, resol
 
 
 def finder_args(argv):
-    ap = argparse.ArgumentParser(prog="find_lr.py", add_help=True,
+    ap = ArgParser(prog="find_lr.py", add_help=True,
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="sweeps, each with a different seed")
     ap.add_argument("--steps", type=int, default=100, help="steps per sweep")

@@ -5,17 +5,16 @@
 An ImageFolder-shaped folder (one subfolder per class) also gets top-1/top-5 accuracy."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
-from ffcv_utils.cli import UserError, run_main
+from ffcv_utils.cli import ArgParser, UserError, run_main
 from ffcv_utils.predict import accuracy, collect, load_run_model, predict
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n")[0])
+    ap = ArgParser(prog="predict.py", description=__doc__.split("\n")[0])
     ap.add_argument("--weights", required=True, help="RUN_DIR/final_weights.pt (or a checkpoint)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -4,11 +4,10 @@ Reads each run's log.jsonl and writes metrics.png (into the single run's folder,
 loss, accuracy, LR, images/s and resolution against epochs; several runs are overlaid."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from .cli import UserError, run_main
+from .cli import ArgParser, UserError, run_main
 from .logging import read_jsonl
 
 # (panel title, [(log.jsonl key, line label)])
@@ -85,7 +84,7 @@ def plot_run(run_dir) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ffcv_utils.plot", description=__doc__.split("\n")[0])
+    ap = ArgParser(prog="python -m ffcv_utils.plot", description=__doc__.split("\n")[0])
     ap.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     ap.add_argument("--out", help="output PNG (default: RUN_DIR/metrics.png of the first run)")
     a = ap.parse_args(argv)
