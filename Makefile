@@ -27,7 +27,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,watch]'
 	@touch $(STAMP)
 
 demo: install
@@ -36,6 +36,7 @@ demo: install
 	$(PY) write_ffcv.py --split val --cfg.data_dir $(DEMO_DIR) --cfg.write_path $(DEMO_OUT)_val.beton --cfg.max_resolution 64
 	$(PY) -m ffcv_utils.inspect $(DEMO_OUT)_train.beton $(DEMO_OUT)_val.beton
 	$(PY) train_imagenet.py --config-file rn18_configs/rn18_demo.yaml --data.train_dataset $(DEMO_OUT)_train.beton --data.val_dataset $(DEMO_OUT)_val.beton
+	@echo "plot of the run: $$(ls -t logs/*/metrics.png | head -n 1)"
 
 test: install
 	$(PY) -m pytest

@@ -28,7 +28,10 @@ from ffcv_utils.config import as_flat_dict, load_config
 from ffcv_utils.data import normalize, train_loader, val_loader
 from ffcv_utils.dataset_info import (atomic_write_text, class_list_mismatch, read_info,
                                      sidecar_path)
+from ffcv_utils.plot import plot_run
 from ffcv_utils.logging import JsonlLogger, SumMeter
+from ffcv_utils import telemetry
+from ffcv_utils.tracking import Trackers
 from ffcv_utils.models import create_model, param_groups
 from ffcv_utils.schedules import epoch_lrs, resolution_at, scaled_lr
 
@@ -180,7 +183,8 @@ def inputs(images: torch.Tensor, dtype: torch.dtype | None, channels_last: bool)
 # Train and validate one epoch
 # ---------------------------------------------------------------------------------------------
 
-def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype, stop, epoch):
+def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype, stop, epoch,
+                trackers=None):
     from tqdm import tqdm
 
     model.train()
@@ -189,9 +193,11 @@ def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype,
     bar = tqdm(total=iters, desc=f"epoch {epoch}", disable=not env.is_main, leave=False,
                dynamic_ncols=True, file=sys.stderr)
     iterator = iter(loader)
+    wait = telemetry.DataWait()
+    telemetry.start_epoch(env.device)
     start = time.perf_counter()
     try:
-        for i, (images, labels) in enumerate(iterator):
+        for i, (images, labels) in enumerate(wait.timed(iterator)):
             if env.distributed:
                 if i % STOP_CHECK_EVERY == 0:
                     stop.check(env)
@@ -208,6 +214,8 @@ def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype,
             scaler.update()
             meter.add(loss=loss.detach() * labels.shape[0], images=labels.shape[0])
             bar.update(1)
+            if trackers is not None:
+                trackers.step(epoch * iters + i, loss.detach(), lrs[i])
             every = 1 if p.logging.log_level >= 2 else 10
             if env.is_main and (i % every == 0 or i == iters - 1):
                 rate = (i + 1) * labels.shape[0] * env.world_size / (time.perf_counter() - start)
@@ -222,7 +230,8 @@ def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype,
     sums = meter.reduce(env)
     images = int(sums["images"])
     return {"train_loss": sums["loss"] / max(images, 1), "train_images": images,
-            "train_seconds": seconds, "train_images_per_s": images / seconds}
+            "train_seconds": seconds, "train_images_per_s": images / seconds,
+            **telemetry.epoch_stats(env.device, wait.seconds, seconds)}
 
 
 @torch.no_grad()
@@ -378,6 +387,10 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
             "derived.num_workers": num_workers, "derived.config_files": meta["config_files"],
             "derived.argv": argv})
         atomic_write_text(run_dir / "params.json", json.dumps(resolved, indent=2) + "\n")
+        if classes:  # predict.py / export.py name the outputs from the run folder alone
+            atomic_write_text(run_dir / "classes.json", json.dumps(classes) + "\n")
+    trackers = Trackers(p, run_dir, resolved if env.is_main else {},
+                        enabled=env.is_main and not p.training.eval_only)
 
     # Evaluation only ---------------------------------------------------------------------
     if p.training.eval_only:
@@ -406,7 +419,7 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
         train_data.set_epoch(epoch)
         lrs = epoch_lrs(epoch, iters, **sched)
         stats = train_epoch(model, train_data.loader, optimizer, scaler, criterion, lrs, p, env,
-                            dtype, stop, epoch)
+                            dtype, stop, epoch, trackers)
         record = {"epoch": epoch, "lr": float(lrs[0]), "lr_end": float(lrs[-1]),
                   "train_res": res, **stats}
         if p.logging.log_level >= 1 or epoch == epochs - 1:
@@ -423,6 +436,7 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
             # Log first, then checkpoint: a kill in between makes the resumed run redo (and
             # re-log, replacing this line) the epoch, never skip its line.
             logger.log(record)
+            trackers.epoch(record, (epoch + 1) * iters)
             state = ckpt.training_state(model=raw_model, optimizer=optimizer, scaler=scaler,
                                         epoch=epoch + 1, best_top1=best_top1,
                                         params=as_flat_dict(p), run_id=run_id, history=history)
@@ -436,8 +450,11 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
                   file=sys.stderr, flush=True)
         stop.check(env)
 
+    trackers.close()
     if env.is_main:
         ckpt.atomic_save(raw_model.state_dict(), run_dir / ckpt.FINAL)
+        if p.logging.plot:
+            say(env, f"plot: {plot_run(run_dir)}")
     du.barrier(env)
     total = time.perf_counter() - run_start
     final = f"{top1:.4f}" if top1 is not None else "n/a"

@@ -1,6 +1,7 @@
 """Entry-point plumbing shared by the scripts: one clear line for bad input, a clean screen at exit."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
@@ -45,3 +46,10 @@ def run_main(main, prog: str | None = None) -> None:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one ``UserError`` line (no usage block), like the config's."""
+
+    def error(self, message):
+        raise UserError(message)

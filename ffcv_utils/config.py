@@ -113,6 +113,13 @@ def declare_sections(cfg: Config) -> Config:
         log_level=Param(INT, "0: validate only after the last epoch; 1: every epoch; "
                              "2: also per-iteration loss in the progress bar", default=1),
         run_id=Param(TEXT, "name of the run folder (default: a fresh unique id)", default=""),
+        tensorboard=Param(INT, "1: TensorBoard event files in RUN_DIR/tensorboard", default=0),
+        step_interval=Param(INT, "trackers get loss and LR every N steps", default=50),
+        wandb_project=Param(TEXT, "Weights & Biases project (empty: W&B off)", default=""),
+        wandb_name=Param(TEXT, "Weights & Biases run name (default: W&B's own)", default=""),
+        wandb_mode=Param(TEXT, "Weights & Biases mode: online, offline or disabled",
+                         default="online"),
+        plot=Param(INT, "1: write RUN_DIR/metrics.png at the end of the run", default=1),
     )
     section("lr", "learning rate schedule").params(
         lr=Param(FLOAT, "peak LR for the global batch lr.batch_size_for_lr", default=0.5),
@@ -346,6 +353,13 @@ def check_values(p: SimpleNamespace) -> None:
           f"must be >= 0, got {p.model.num_classes}")
     _need(p.logging.log_level in (0, 1, 2), "logging.log_level",
           f"must be 0, 1 or 2, got {p.logging.log_level}")
+    _need(p.logging.tensorboard in (0, 1), "logging.tensorboard",
+          f"must be 0 or 1, got {p.logging.tensorboard}")
+    _need(p.logging.plot in (0, 1), "logging.plot", f"must be 0 or 1, got {p.logging.plot}")
+    _need(p.logging.step_interval >= 1, "logging.step_interval",
+          f"must be at least 1, got {p.logging.step_interval}")
+    _need(p.logging.wandb_mode in ("online", "offline", "disabled"), "logging.wandb_mode",
+          f"must be online, offline or disabled, got {p.logging.wandb_mode!r}")
     run_id = p.logging.run_id
     _need(run_id == "" or (os.sep not in run_id and run_id not in (".", "..")),
           "logging.run_id", f"must be a plain folder name, got {run_id!r}")

@@ -33,7 +33,8 @@ def _environment():
 
 def test_conda_and_pip_routes_name_the_same_runtime_packages():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    pip_route = {_name(d) for d in project["dependencies"]}
+    # the runtime dependencies plus the `watch` extra (`make install` installs it)
+    pip_route = {_name(d) for d in project["dependencies"] + project["optional-dependencies"]["watch"]}
     env, conda, pip = _environment()
     conda_names = {CONDA_TO_PIP.get(_name(c), _name(c)) for c in conda} - CONDA_ONLY
     pip_names = {_name(p) for p in pip if not p.startswith("-e")}

@@ -1,0 +1,81 @@
+"""Export a run's model to ONNX or TorchScript, with its class list and preprocessing beside it,
+and check the exported model against PyTorch on real images (same top-1, logits within tolerance).
+
+ONNX goes through ``torch.onnx.export(..., dynamo=True)``: the exporter torch maintains (the older
+TorchScript-based one is deprecated); it needs onnxscript. onnxruntime runs the check."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cli import UserError
+from .data import IMAGENET_MEAN, IMAGENET_STD
+from .dataset_info import atomic_write_text
+from .predict import RunModel, collect, preprocess, to_input
+
+FORMATS = ("onnx", "torchscript")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+def export(rm: RunModel, fmt: str, out: Path) -> Path:
+    """Write the model to ``out`` (atomically) and ``out``'s sidecar ``.json`` with classes and
+    preprocessing; returns the sidecar path."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format: must be onnx or torchscript, got {fmt!r}")
+    model = rm.model.float().cpu().eval()
+    example = torch.zeros(2, 3, rm.resolution, rm.resolution)
+    tmp = out.with_name(out.name + ".tmp")
+    if fmt == "onnx":
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"],
+                                    output_names=["logits"],
+                                    dynamic_shapes={"x": {0: batch}}, verbose=False)
+        program.save(str(tmp))
+    else:
+        with torch.no_grad():
+            torch.jit.trace(model, example).save(str(tmp))
+    tmp.replace(out)
+    side = out.with_name(out.name + ".json")
+    atomic_write_text(side, json.dumps({
+        "arch": rm.arch, "format": fmt, "classes": rm.classes, "input": "image, float32 NCHW RGB",
+        "preprocessing": {"resolution": rm.resolution, "crop_ratio": rm.crop_ratio,
+                          "crop": "centre square of crop_ratio x short side, resized to resolution",
+                          "mean_0_255": IMAGENET_MEAN, "std_0_255": IMAGENET_STD,
+                          "flip_tta": rm.flip_tta}},
+        indent=2) + "\n")
+    return side
+
+
+def run_exported(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
+    if fmt == "onnx":
+        import onnxruntime as ort
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        return torch.jit.load(str(path)).eval()(x).numpy()
+
+
+def check(rm: RunModel, fmt: str, path: Path, images, atol: float = 1e-3) -> dict:
+    """Compare exported vs PyTorch logits on real images; raises UserError when they disagree."""
+    files, _ = collect(images)
+    arrays = []
+    for f in files[:32]:
+        try:
+            arrays.append(preprocess(f, rm.resolution, rm.crop_ratio))
+        except Exception:
+            continue
+    if not arrays:
+        raise UserError("--check-images: no readable images")
+    x = to_input(np.stack(arrays))
+    with torch.no_grad():
+        ref = rm.model.float().cpu()(x).numpy()
+    got = run_exported(fmt, path, x)
+    diff = float(np.abs(ref - got).max())
+    same_top1 = bool((ref.argmax(1) == got.argmax(1)).all())
+    if not same_top1 or diff > atol:
+        raise UserError(f"{path}: exported model disagrees with PyTorch (max |logit diff| "
+                        f"{diff:.2e}, same top-1: {same_top1})")
+    return {"images": len(arrays), "max_abs_diff": diff, "same_top1": same_top1}

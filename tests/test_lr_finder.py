@@ -1,0 +1,53 @@
+"""LR finder: pure suggestion logic, and a real sweep in-process on the digits betons."""
+from __future__ import annotations
+
+import gc
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from test_train import ROOT, args_for
+
+sys.path.insert(0, str(ROOT))
+import find_lr  # noqa: E402
+from ffcv_utils import lr_finder  # noqa: E402
+from ffcv_utils.cli import UserError  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_suggest_picks_steepest_descent_and_divergence_stops():
+    lrs = lr_finder.sweep_lrs(1e-4, 1.0, 50)
+    # loss flat, falls fastest around lr 1e-2, then flat again
+    losses = 2 - np.tanh((np.log10(lrs) + 2) * 3)
+    lr = lr_finder.suggest(lrs, losses)
+    assert 3e-3 < lr < 3e-2
+    s = lr_finder.smooth([1.0] * 10 + [10.0] * 20)
+    assert lr_finder.diverged(s)
+    assert not lr_finder.diverged(lr_finder.smooth([1.0, 0.9, 0.8]))
+
+
+# numba's dispatcher finalizer can raise at garbage collection after ffcv's loader threads stop
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_finder_on_digits_gives_finite_lr_inside_the_sweep(digits_betons, tmp_path):
+    out = tmp_path / "lr.png"
+    args = args_for(digits_betons, tmp_path)
+    result = find_lr.main(["--runs", "2", "--steps", "40", "--start-lr", "1e-4",
+                           "--end-lr", "20", "--out", str(out), *args])
+    gc.collect()  # let numba's finalizer noise surface here, under this test's filter
+    assert len(result["suggestions"]) == 2
+    for lr in result["suggestions"]:
+        assert math.isfinite(lr) and 1e-4 <= lr <= 20
+    assert result["median"] == pytest.approx(np.median(result["suggestions"]))
+    # args_for's lr.batch_size_for_lr equals its global batch (64): lr.lr is the found LR
+    assert result["lr_lr"] == pytest.approx(result["median"])
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("bad, why", [(["--runs", "0"], "--runs"),
+                                      (["--start-lr", "1", "--end-lr", "0.1"], "--start-lr")])
+def test_finder_refuses_bad_options(bad, why):
+    with pytest.raises(UserError, match=why):
+        find_lr.finder_args(bad)
