@@ -92,6 +92,10 @@ class _WandB:
     @classmethod
     def start(cls, p, run_dir: Path, params: dict):
         import wandb
+        # wandb.init would otherwise ask for a key on a terminal and block rank 0 while the others wait
+        if p.logging.wandb_mode == "online" and not wandb.login(verify=False, prompt=False):
+            raise RuntimeError("no W&B login: run `wandb login`, set WANDB_API_KEY, "
+                               "or use --logging.wandb_mode offline")
         id_file = run_dir / WANDB_ID_FILE
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         if not id_file.exists():

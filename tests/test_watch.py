@@ -174,3 +174,20 @@ def test_tracking_is_one_line_when_missing_and_wandb_id_survives_resume(tmp_path
         step_interval=1, tensorboard=0, wandb_project="", wandb_name="", wandb_mode="online")),
         tmp_path, {})
     assert off.sinks == []  # off by default: nothing started
+
+
+def test_wandb_online_without_login_is_one_line_not_a_prompt(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from ffcv_utils import tracking
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    log = SimpleNamespace(step_interval=1, tensorboard=0, wandb_project="p", wandb_name="",
+                          wandb_mode="online")
+    t = tracking.Trackers(SimpleNamespace(logging=log), tmp_path, {})
+    assert t.sinks == []
+    err = capsys.readouterr().err
+    assert "no W&B login" in err and "training goes on without it" in err
