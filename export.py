@@ -1,7 +1,9 @@
 """Export a trained run's model for an app, and check it against PyTorch on real images:
 
     python export.py --weights RUN_DIR/final_weights.pt --format onnx|torchscript \
-        --check-images IMAGE_OR_FOLDER [--out FILE]
+        [--check-images IMAGE_OR_FOLDER ...] [--out FILE]
+
+The check runs on the given images, or by default on the first images of the run's validation beton.
 
 Writes FILE (default RUN_DIR/model.onnx or model.torchscript.pt) and FILE.json (classes, preprocessing)."""
 from __future__ import annotations
@@ -17,8 +19,9 @@ def main(argv=None) -> int:
     ap = ArgParser(prog="export.py", description=__doc__.split("\n")[0])
     ap.add_argument("--weights", required=True)
     ap.add_argument("--format", required=True, choices=FORMATS)
-    ap.add_argument("--check-images", nargs="+", required=True, metavar="IMAGE_OR_FOLDER",
-                    help="real images to compare the exported model with PyTorch on")
+    ap.add_argument("--check-images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                    help="real images to compare the exported model with PyTorch on "
+                         "(default: the run's validation beton)")
     ap.add_argument("--out", help="output file (default: beside the weights)")
     a = ap.parse_args(argv)
     rm = load_run_model(a.weights, "cpu")

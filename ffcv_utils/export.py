@@ -6,6 +6,7 @@ TorchScript-based one is deprecated); it needs onnxscript. onnxruntime runs the 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,9 @@ def export(rm: RunModel, fmt: str, out: Path) -> Path:
         program.save(str(tmp))
     else:
         with torch.no_grad():
-            torch.jit.trace(model, example).save(str(tmp))
+            with warnings.catch_warnings():  # asked for by name: no deprecation notice each time
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.trace(model, example).save(str(tmp))
     tmp.replace(out)
     side = out.with_name(out.name + ".json")
     atomic_write_text(side, json.dumps({
@@ -54,22 +57,39 @@ def run_exported(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
         import onnxruntime as ort
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path)).eval()(x).numpy()
 
 
-def check(rm: RunModel, fmt: str, path: Path, images, atol: float = 1e-3) -> dict:
-    """Compare exported vs PyTorch logits on real images; raises UserError when they disagree."""
-    files, _ = collect(images)
-    arrays = []
-    for f in files[:32]:
-        try:
-            arrays.append(preprocess(f, rm.resolution, rm.crop_ratio))
-        except Exception:
-            continue
-    if not arrays:
-        raise UserError("--check-images: no readable images")
-    x = to_input(np.stack(arrays))
+def val_beton_batch(rm: RunModel, n: int = 32) -> torch.Tensor:
+    """The first ``n`` images of the run's validation beton, through the trainer's own val loader."""
+    from .data import normalize, val_loader
+    if not rm.val_dataset or not Path(rm.val_dataset).is_file():
+        raise UserError(f"--check-images: give real images to check with (the run's validation "
+                        f"beton {rm.val_dataset or '(none)'} is not there)")
+    loader = val_loader(rm.val_dataset, batch_size=n, num_workers=1, res=rm.resolution,
+                        crop_ratio=rm.crop_ratio, in_memory=False)
+    images, _ = next(iter(loader))
+    return normalize(images.cpu())
+
+
+def check(rm: RunModel, fmt: str, path: Path, images=None, atol: float = 1e-3) -> dict:
+    """Compare exported vs PyTorch logits on real images (files or folders; by default the run's
+    validation beton); raises UserError when they disagree."""
+    if images is None:
+        x = val_beton_batch(rm)
+    else:
+        files, _ = collect(images)
+        arrays = []
+        for f in files[:32]:
+            try:
+                arrays.append(preprocess(f, rm.resolution, rm.crop_ratio))
+            except Exception:
+                continue
+        if not arrays:
+            raise UserError("--check-images: no readable images")
+        x = to_input(np.stack(arrays))
     with torch.no_grad():
         ref = rm.model.float().cpu()(x).numpy()
     got = run_exported(fmt, path, x)
@@ -78,4 +98,4 @@ def check(rm: RunModel, fmt: str, path: Path, images, atol: float = 1e-3) -> dic
     if not same_top1 or diff > atol:
         raise UserError(f"{path}: exported model disagrees with PyTorch (max |logit diff| "
                         f"{diff:.2e}, same top-1: {same_top1})")
-    return {"images": len(arrays), "max_abs_diff": diff, "same_top1": same_top1}
+    return {"images": len(x), "max_abs_diff": diff, "same_top1": same_top1}

@@ -25,6 +25,7 @@ class RunModel:
     crop_ratio: float
     arch: str
     flip_tta: bool = False  # validation.lr_tta: average the logits of the image and its mirror
+    val_dataset: str = ""  # the run's validation beton: real images for export checks
 
 
 def load_run_model(weights: str | Path, device: torch.device | str = "cpu") -> RunModel:
@@ -55,7 +56,8 @@ def load_run_model(weights: str | Path, device: torch.device | str = "cpu") -> R
     model.eval().to(device)
     return RunModel(model, classes, int(params["validation.resolution"]),
                     float(params.get("validation.crop_ratio", DEFAULT_CROP_RATIO)),
-                    params["model.arch"], bool(params.get("validation.lr_tta", 0)))
+                    params["model.arch"], bool(params.get("validation.lr_tta", 0)),
+                    str(params.get("data.val_dataset") or ""))
 
 
 def preprocess(path: str | Path, res: int, crop_ratio: float = DEFAULT_CROP_RATIO) -> np.ndarray:
