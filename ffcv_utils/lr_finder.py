@@ -34,12 +34,14 @@ def diverged(smoothed: np.ndarray) -> bool:
 
 
 def suggest(lrs, losses) -> float:
-    """The LR at the steepest descent of the smoothed loss against log(LR)."""
+    """The LR at the steepest descent of the smoothed loss against log(LR), looked for only up to
+    the loss minimum: past it the run is unstable, and a loss falling back after a blow-up (it does
+    on small data) would otherwise suggest an LR far too high."""
     s = smooth(losses)
-    n = len(s)
+    n = int(np.argmin(s)) + 1
     if n < 3:
-        raise ValueError("too few steps before the loss diverged to suggest an LR")
-    grad = np.gradient(s, np.log(np.asarray(lrs[:n])))
+        raise ValueError("too few steps before the loss stopped falling to suggest an LR")
+    grad = np.gradient(s[:n], np.log(np.asarray(lrs[:n])))
     skip = min(n // 10, n - 2)  # the first points mostly show the EMA warming up
     return float(lrs[skip + int(np.argmin(grad[skip:]))])
 
