@@ -101,6 +101,8 @@ def declare_sections(cfg: Config) -> Config:
         gpu=Param(INT, "CUDA device index for a single-process run (torchrun uses LOCAL_RANK)",
                   default=0),
         seed=Param(INT, "seed for data order, augmentation and model init", default=0),
+        loader_timeout=Param(FLOAT, "seconds a loader may produce no batch before the run is "
+                                    "ended as stuck (0: wait forever)", default=600),
     )
     section("dist", "distributed training (launch with torchrun)").params(
         world_size=Param(INT, "processes the config was written for", default=1),
@@ -348,6 +350,8 @@ def check_values(p: SimpleNamespace) -> None:
           f"must be in [0, 1), got {t.label_smoothing}")
     _need(p.dist.world_size >= 1, "dist.world_size", f"must be at least 1, got {p.dist.world_size}")
     _need(p.data.num_workers >= 0, "data.num_workers", f"must be >= 0, got {p.data.num_workers}")
+    _need(p.data.loader_timeout >= 0, "data.loader_timeout",
+          f"must be >= 0 seconds, got {p.data.loader_timeout}")
     _need(p.data.gpu >= 0, "data.gpu", f"must be >= 0, got {p.data.gpu}")
     _need(p.model.num_classes >= 0, "model.num_classes",
           f"must be >= 0, got {p.model.num_classes}")
