@@ -32,6 +32,7 @@ from ffcv_utils.plot import plot_run
 from ffcv_utils.logging import JsonlLogger, SumMeter
 from ffcv_utils import telemetry
 from ffcv_utils import watchdog
+from ffcv_utils.beton import check_trainer_betons
 from ffcv_utils.tracking import Trackers
 from ffcv_utils.models import create_model, param_groups
 from ffcv_utils.schedules import epoch_lrs, resolution_at, scaled_lr
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{du.torchrun_command(p.dist.world_size, argv)}")
     if p.training.resume == "auto" and not p.logging.run_id:
         raise UserError("training.resume auto needs --logging.run_id (the run to continue)")
+    check_trainer_betons(p)
     num_classes, classes = check_class_lists(p)
     watchdog.set_stall_timeout(p.data.loader_timeout)
 
