@@ -301,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{du.torchrun_command(p.dist.world_size, argv)}")
     if p.training.resume == "auto" and not p.logging.run_id:
         raise UserError("training.resume auto needs --logging.run_id (the run to continue)")
-    check_trainer_betons(p)
     num_classes, classes = check_class_lists(p)
+    check_trainer_betons(p)
     watchdog.set_stall_timeout(p.data.loader_timeout)
 
     env = du.init(single_gpu_index=p.data.gpu)

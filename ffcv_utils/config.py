@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +24,7 @@ from fastargs.validation import Checker, OneOf
 
 from .cli import UserError
 from .schedules import SCHEDULES
+from .shrink import fit_to_epochs, warning as shrink_warning
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
@@ -306,6 +308,12 @@ def load_config(argv: list[str]) -> tuple[SimpleNamespace, dict]:
     meta = {"config_files": files, "cli": cli_values,
             "recipe_batch_size": from_files("training.batch_size"),
             "recipe_world_size": from_files("dist.world_size")}
+    # A recipe shortened on the command line runs: its epoch-based keys are scaled to fit.
+    recipe_epochs = from_files("training.epochs")
+    meta["shrunk"] = fit_to_epochs(params, recipe_epochs, set(cli_values))
+    if meta["shrunk"] and os.environ.get("RANK", "0") == "0":
+        print(shrink_warning(meta["shrunk"], params.training.epochs, recipe_epochs),
+              file=sys.stderr)
     check_values(params)
     return params, meta
 

@@ -1,0 +1,80 @@
+"""Published configs shortened for a smoke test run: the epoch-based keys that no longer fit are
+scaled with one warning line; values typed on the command line and nonsense are still refused.
+Every config is loaded and checked in process; one (rn18, 16 epochs) really trains for an epoch
+on the digits betons, under a timeout."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffcv_utils.cli import UserError
+from ffcv_utils.config import load_config
+from ffcv_utils.schedules import epoch_lrs, resolution_at
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(ROOT.glob("rn*_configs/*.yaml"))
+pytestmark = pytest.mark.timeout(300)
+
+
+def data_args(betons):
+    return ["--data.train_dataset", str(betons[0]), "--data.val_dataset", str(betons[1])]
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_every_published_config_shrinks_to_a_valid_run(digits_betons, capsys, epochs):
+    assert len(CONFIGS) >= 12
+    for cfg in CONFIGS:
+        p, meta = load_config(["-C", str(cfg), *data_args(digits_betons),
+                               "--training.epochs", str(epochs)])
+        err = capsys.readouterr().err
+        lr, r = p.lr, p.resolution
+        if lr.lr_schedule_type == "cyclic":
+            assert 0 < lr.lr_peak_epoch <= epochs, (cfg.name, lr.lr_peak_epoch)
+        assert 0 <= r.start_ramp <= r.end_ramp <= epochs, (cfg.name, r)
+        if meta["shrunk"]:
+            [line] = err.strip().splitlines()
+            assert line.startswith(f"warning: training.epochs {epochs} is shorter than the "
+                                   "config's ") and "->" in line
+        # the schedules of the shortened run make sense: LR rises then falls to ~0, the
+        # resolution ends at max_res when the ramp fits
+        lrs = [x for e in range(epochs) for x in epoch_lrs(e, 10, schedule=lr.lr_schedule_type,
+                                                             lr=lr.lr, epochs=epochs,
+                                                             peak_epoch=lr.lr_peak_epoch)]
+        assert max(lrs) > 0.5 * lr.lr and lrs[-1] < 0.2 * lr.lr, cfg.name
+        last = resolution_at(epochs - 1, min_res=r.min_res, max_res=r.max_res,
+                             start_ramp=r.start_ramp, end_ramp=r.end_ramp)
+        assert r.min_res <= last <= r.max_res
+
+
+def test_typed_values_and_nonsense_are_still_refused(digits_betons):
+    rn50 = str(ROOT / "rn50_configs/rn50_16_epochs.yaml")
+    base = ["-C", rn50, *data_args(digits_betons), "--training.epochs", "1"]
+    for extra, words in [
+        (["--lr.lr_peak_epoch", "2"], "lr.lr_peak_epoch: must be between 0 and training.epochs"),
+        (["--lr.lr_peak_epoch", "-1"], "lr.lr_peak_epoch: must be between 0"),
+        (["--resolution.start_ramp", "-2"], "resolution.start_ramp: must be >= 0"),
+        (["--resolution.min_res", "256"], "resolution.min_res: 256 is larger than"),
+        (["--training.epochs", "0"], "training.epochs: must be at least 1"),
+    ]:
+        with pytest.raises(UserError, match=words.replace("(", r"\(")):
+            load_config(base + extra)
+
+
+def test_a_shrunk_published_config_trains_one_epoch(digits_betons, tmp_path):
+    """rn18_16_epochs with tiny overrides: one real epoch, exit 0, the warning on stderr."""
+    r = subprocess.run(
+        [sys.executable, "train_imagenet.py", "-C", "rn18_configs/rn18_16_epochs.yaml",
+         *data_args(digits_betons), "--training.epochs", "1", "--training.distributed", "0",
+         "--dist.world_size", "1", "--training.batch_size", "128",
+         "--validation.batch_size", "256", "--resolution.min_res", "32",
+         "--resolution.max_res", "32", "--validation.resolution", "32",
+         "--data.num_workers", "2", "--logging.folder", str(tmp_path), "--logging.plot", "0",
+         "--logging.run_id", "smoke"], cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert ("warning: training.epochs 1 is shorter than the config's 16; scaled to fit: "
+            "lr.lr_peak_epoch 2 -> 0.125") in r.stderr
+    assert (tmp_path / "smoke" / "final_weights.pt").is_file()
