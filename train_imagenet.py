@@ -318,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
             raise watchdog.LoaderError(
                 f"{e}; checkpoints of completed epochs are intact. Continue with: "
                 f"--training.resume auto --logging.run_id {p.logging.run_id}") from None
+        except OSError as e:  # a read-only or full run folder: one line, not a traceback
+            error = ckpt.write_error(e)
+            if error is None:
+                raise
+            raise error from None
         finally:
             du.teardown()
 
