@@ -111,6 +111,9 @@ def declare_sections(cfg: Config) -> Config:
         address=Param(TEXT, "rendezvous address (use torchrun --master_addr/--rdzv_endpoint)",
                       default="localhost"),
         port=Param(TEXT, "rendezvous port (use torchrun --master_port)", default="12355"),
+        timeout=Param(FLOAT, "seconds a collective waits for the other processes before the "
+                             "run ends (a dead or hung rank); above the longest checkpoint "
+                             "write or first-batch compile", default=900),
     )
     section("logging", "outputs").params(
         folder=Param(TEXT, "runs are written to FOLDER/RUN_ID/", default="logs"),
@@ -358,6 +361,8 @@ def check_values(p: SimpleNamespace) -> None:
           f"must be in [0, 1), got {t.label_smoothing}")
     _need(p.dist.world_size >= 1, "dist.world_size", f"must be at least 1, got {p.dist.world_size}")
     _need(p.data.num_workers >= 0, "data.num_workers", f"must be >= 0, got {p.data.num_workers}")
+    _need(p.dist.timeout >= 30, "dist.timeout",
+          f"must be at least 30 seconds, got {p.dist.timeout}")
     _need(p.data.loader_timeout >= 0, "data.loader_timeout",
           f"must be >= 0 seconds, got {p.data.loader_timeout}")
     _need(p.data.gpu >= 0, "data.gpu", f"must be >= 0, got {p.data.gpu}")
