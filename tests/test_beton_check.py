@@ -68,21 +68,29 @@ def test_inspect_refuses_a_truncated_beton(digits_betons, tmp_path):
         + r.stderr.split(": truncated: ", 1)[1].strip()]
 
 
-@pytest.mark.parametrize("key,kind", [("train_dataset", "cut-half"), ("val_dataset", "random")])
-def test_trainer_refuses_broken_betons_with_one_line(digits_betons, tmp_path, key, kind):
+def test_trainer_refuses_broken_betons_with_one_line(digits_betons, tmp_path):
+    from ffcv_utils.config import load_config
+    from ffcv_utils.beton import check_trainer_betons
+
     train, val = digits_betons
-    paths = {"train_dataset": train, "val_dataset": val}
-    paths[key] = broken_copy(paths[key], tmp_path, kind)
-    r = subprocess.run([sys.executable, "train_imagenet.py",
-                        "--data.train_dataset", str(paths["train_dataset"]),
-                        "--data.val_dataset", str(paths["val_dataset"]),
+    bad_train = broken_copy(train, tmp_path, "cut-half")
+    r = subprocess.run([sys.executable, "train_imagenet.py", "--data.train_dataset",
+                        str(bad_train), "--data.val_dataset", str(val),
                         "--logging.folder", str(tmp_path / "runs")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        f"train_imagenet.py: error: data.{key}: {paths[key]}: "), lines
+        f"train_imagenet.py: error: data.train_dataset: {bad_train}: truncated: "), lines
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+    # the val beton goes through the same check (in process: the trainer calls exactly this)
+    bad_val = broken_copy(val, tmp_path, "random")
+    for eval_only in ("0", "1"):
+        p, _ = load_config(["--data.train_dataset", str(train), "--data.val_dataset",
+                            str(bad_val), "--training.eval_only", eval_only,
+                            "--model.pretrained", "1"])
+        with pytest.raises(BetonError, match=f"^data.val_dataset: {bad_val}: not a .beton"):
+            check_trainer_betons(p)
 
 
 def test_benchmark_refuses_a_truncated_beton(digits_betons, tmp_path):
