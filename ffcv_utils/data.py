@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .beton import check as check_beton
 from .watchdog import watch
 
 # ImageNet statistics on the 0-255 scale, as the decoders output uint8.
@@ -68,6 +69,7 @@ def train_loader(path: str, *, batch_size: int, num_workers: int, res: int,
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import RandomHorizontalFlip
 
+    check_beton(path)  # a cut or foreign file: one line here, not ffcv's traceback
     device = torch.device(device)
     decoder = RandomResizedCropRGBImageDecoder((res, res))
     image = [decoder, RandomHorizontalFlip(), *_image_tail(device)]
@@ -98,6 +100,7 @@ def val_loader(path: str, *, batch_size: int, num_workers: int, res: int,
     from ffcv.loader import Loader, OrderOption
     from ffcv.reader import Reader
 
+    check_beton(path)
     device = torch.device(device)
     indices = None
     if world_size > 1:

@@ -99,3 +99,13 @@ def test_benchmark_refuses_a_truncated_beton(digits_betons, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"error: --beton: {bad}: some samples point at data" in r.stderr.splitlines()[-1]
+
+
+def test_loaders_check_their_beton(digits_betons, tmp_path):
+    """find_lr.py, export.py and the benchmarks open betons through these two functions."""
+    from ffcv_utils.data import train_loader, val_loader
+
+    bad = broken_copy(digits_betons[0], tmp_path, "cut-24")
+    for make in (train_loader, val_loader):
+        with pytest.raises(BetonError, match=f"^{bad}: some samples point at data"):
+            make(str(bad), batch_size=8, num_workers=1, res=32)
