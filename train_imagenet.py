@@ -31,6 +31,8 @@ from ffcv_utils.dataset_info import (atomic_write_text, class_list_mismatch, rea
 from ffcv_utils.plot import plot_run
 from ffcv_utils.logging import JsonlLogger, SumMeter
 from ffcv_utils import telemetry
+from ffcv_utils import peers, watchdog
+from ffcv_utils.beton import check_trainer_betons
 from ffcv_utils.tracking import Trackers
 from ffcv_utils.models import create_model, param_groups
 from ffcv_utils.schedules import epoch_lrs, resolution_at, scaled_lr
@@ -300,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     if p.training.resume == "auto" and not p.logging.run_id:
         raise UserError("training.resume auto needs --logging.run_id (the run to continue)")
     num_classes, classes = check_class_lists(p)
+    check_trainer_betons(p)
+    watchdog.set_stall_timeout(p.data.loader_timeout)
 
-    env = du.init(single_gpu_index=p.data.gpu)
+    env = du.init(single_gpu_index=p.data.gpu, timeout_s=p.dist.timeout)
     with StopSignals() as stop:
         try:
             return run(p, meta, env, num_classes, classes, stop, argv)
@@ -310,6 +314,19 @@ def main(argv: list[str] | None = None) -> int:
             say(env, f"stopped by {name}; the last completed epoch's checkpoint is intact. "
                      f"Continue with: --training.resume auto --logging.run_id {p.logging.run_id}")
             return 128 + s.signum
+        except watchdog.LoaderError as e:
+            raise watchdog.LoaderError(
+                f"{e}; checkpoints of completed epochs are intact. Continue with: "
+                f"--training.resume auto --logging.run_id {p.logging.run_id}") from None
+        except RuntimeError as e:  # another rank died or hung: one line per surviving rank
+            if not peers.is_peer_failure(e, env):
+                raise
+            raise UserError(peers.message(e, env, p.logging.run_id)) from None
+        except OSError as e:  # a read-only or full run folder: one line, not a traceback
+            error = ckpt.write_error(e)
+            if error is None:
+                raise
+            raise error from None
         finally:
             du.teardown()
 

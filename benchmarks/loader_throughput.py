@@ -85,6 +85,18 @@ def write_beton(data_dir: Path, path: Path, mode: str, workers: int) -> str:
     return "ffcv.writer.DatasetWriter"
 
 
+def _complete(path: Path) -> bool:
+    """A cached beton cut short (a killed earlier run) is written again, not timed."""
+    from ffcv_utils.beton import BetonError, check
+
+    try:
+        check(path)
+        return True
+    except BetonError as e:
+        print(f"rewriting {e}", flush=True)
+        return False
+
+
 def ensure_betons(data_dir: Path, cache: Path, modes: list[str], workers: int,
                   fingerprint: str) -> dict[str, tuple[Path, str]]:
     cache.mkdir(parents=True, exist_ok=True)
@@ -94,7 +106,7 @@ def ensure_betons(data_dir: Path, cache: Path, modes: list[str], workers: int,
         name = (f"{data_dir.name}-{fingerprint}-{mode}-r{p['max_resolution']}"
                 f"-q{p['jpeg_quality']}-p{p['compress_probability']}.beton")
         path = cache / name
-        if path.exists():
+        if path.exists() and _complete(path):
             out[mode] = (path, "cached")
             print(f"reusing {path}", flush=True)
         else:

@@ -60,6 +60,12 @@ def main(argv=None):
     parser.add_argument("--loader-workers", type=int, default=1,
                         help="workers for the whole-loader reference measurement (0: skip)")
     args = parser.parse_args(argv)
+    from ffcv_utils.beton import BetonError, check
+
+    try:
+        check(args.beton, "--beton")
+    except BetonError as e:
+        parser.error(str(e))
 
     import numpy as np
     from ffcv.fields.rgb_image import get_random_crop

@@ -321,9 +321,12 @@ def run(argv: list[str] | None = None):
         if beton is None:
             parser.error("the e2e mode needs --beton or --photos")
         v = parse_variant(args.e2e_variant) if args.e2e_variant else variants[-1]
-        from ffcv.reader import Reader
+        from ffcv_utils.beton import BetonError, check
 
-        n_images = Reader(str(beton)).num_samples
+        try:
+            n_images = check(beton, "--beton")
+        except BetonError as e:
+            parser.error(str(e))
         for arch in archs:
             bench = Bench(arch, v, device)
             if bench.model is None:

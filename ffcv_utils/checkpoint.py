@@ -2,11 +2,15 @@
 kill at any moment leaves the previous complete file, never a truncated one."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+from .cli import UserError
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -14,21 +18,56 @@ FINAL = "final_weights.pt"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def atomic_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, flushed, then renamed over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+class WriteError(UserError):
+    """A checkpoint could not be written (disk full, read-only folder); the old one is kept."""
+
+
+def _why(e: BaseException, folder: Path) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    # torch's zip writer reports a failed write() as a RuntimeError without the OS's reason
     try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free there"
+    except OSError:
+        free = "the folder is unreadable"
+    return f"the write failed: disk full or file size limit? ({free})"
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, flushed, then renamed over it.
+
+    A failed write (disk full, read-only or vanished folder) raises WriteError naming ``path``;
+    the file previously at ``path`` is untouched and the temporary file removed.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):
+            kept = " (the previous one is intact)" if path.exists() else ""
+            raise WriteError(f"cannot write {path}: {_why(e, path.parent)}{kept}") from None
         raise
     return path
+
+
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                 errno.EFBIG}
+
+
+def write_error(e: OSError) -> WriteError | None:
+    """The one line for a failed write of run outputs (None: not a write problem)."""
+    if e.errno not in _WRITE_ERRNOS:
+        return None
+    return WriteError(f"cannot write {e.filename or 'the run folder'}: {e.strerror}")
 
 
 def training_state(*, model, optimizer, scaler, epoch: int, best_top1: float, params: dict,

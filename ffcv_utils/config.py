@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +24,7 @@ from fastargs.validation import Checker, OneOf
 
 from .cli import UserError
 from .schedules import SCHEDULES
+from .shrink import fit_to_epochs, warning as shrink_warning
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
@@ -101,12 +103,17 @@ def declare_sections(cfg: Config) -> Config:
         gpu=Param(INT, "CUDA device index for a single-process run (torchrun uses LOCAL_RANK)",
                   default=0),
         seed=Param(INT, "seed for data order, augmentation and model init", default=0),
+        loader_timeout=Param(FLOAT, "seconds a loader may produce no batch before the run is "
+                                    "ended as stuck (0: wait forever)", default=600),
     )
     section("dist", "distributed training (launch with torchrun)").params(
         world_size=Param(INT, "processes the config was written for", default=1),
         address=Param(TEXT, "rendezvous address (use torchrun --master_addr/--rdzv_endpoint)",
                       default="localhost"),
         port=Param(TEXT, "rendezvous port (use torchrun --master_port)", default="12355"),
+        timeout=Param(FLOAT, "seconds a collective waits for the other processes before the "
+                             "run ends (a dead or hung rank); above the longest checkpoint "
+                             "write or first-batch compile", default=900),
     )
     section("logging", "outputs").params(
         folder=Param(TEXT, "runs are written to FOLDER/RUN_ID/", default="logs"),
@@ -304,6 +311,12 @@ def load_config(argv: list[str]) -> tuple[SimpleNamespace, dict]:
     meta = {"config_files": files, "cli": cli_values,
             "recipe_batch_size": from_files("training.batch_size"),
             "recipe_world_size": from_files("dist.world_size")}
+    # A recipe shortened on the command line runs: its epoch-based keys are scaled to fit.
+    recipe_epochs = from_files("training.epochs")
+    meta["shrunk"] = fit_to_epochs(params, recipe_epochs, set(cli_values))
+    if meta["shrunk"] and os.environ.get("RANK", "0") == "0":
+        print(shrink_warning(meta["shrunk"], params.training.epochs, recipe_epochs),
+              file=sys.stderr)
     check_values(params)
     return params, meta
 
@@ -348,6 +361,10 @@ def check_values(p: SimpleNamespace) -> None:
           f"must be in [0, 1), got {t.label_smoothing}")
     _need(p.dist.world_size >= 1, "dist.world_size", f"must be at least 1, got {p.dist.world_size}")
     _need(p.data.num_workers >= 0, "data.num_workers", f"must be >= 0, got {p.data.num_workers}")
+    _need(p.dist.timeout >= 30, "dist.timeout",
+          f"must be at least 30 seconds, got {p.dist.timeout}")
+    _need(p.data.loader_timeout >= 0, "data.loader_timeout",
+          f"must be >= 0 seconds, got {p.data.loader_timeout}")
     _need(p.data.gpu >= 0, "data.gpu", f"must be >= 0, got {p.data.gpu}")
     _need(p.model.num_classes >= 0, "model.num_classes",
           f"must be >= 0, got {p.model.num_classes}")

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .beton import check as check_beton
+from .watchdog import watch
+
 # ImageNet statistics on the 0-255 scale, as the decoders output uint8.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -46,7 +49,9 @@ def _label_pipeline(device):
     from ffcv.fields.basics import IntDecoder
     from ffcv.transforms import Squeeze, ToDevice, ToTensor
 
-    return [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device, non_blocking=True)]
+    # Squeeze only the per-sample axis: a bare Squeeze() makes a 0-d label of a batch of one,
+    # which ToDevice then fails on inside the loader thread (the run used to hang there).
+    return [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]
 
 
 def _image_tail(device):
@@ -64,6 +69,7 @@ def train_loader(path: str, *, batch_size: int, num_workers: int, res: int,
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import RandomHorizontalFlip
 
+    check_beton(path)  # a cut or foreign file: one line here, not ffcv's traceback
     device = torch.device(device)
     decoder = RandomResizedCropRGBImageDecoder((res, res))
     image = [decoder, RandomHorizontalFlip(), *_image_tail(device)]
@@ -74,7 +80,7 @@ def train_loader(path: str, *, batch_size: int, num_workers: int, res: int,
                     os_cache=in_memory, drop_last=drop_last, distributed=distributed,
                     seed=seed, batches_ahead=batches_ahead,
                     pipelines={"image": image, "label": _label_pipeline(device)})
-    return TrainData(loader, decoder)
+    return TrainData(watch(loader, path), decoder)
 
 
 def shard_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
@@ -94,15 +100,16 @@ def val_loader(path: str, *, batch_size: int, num_workers: int, res: int,
     from ffcv.loader import Loader, OrderOption
     from ffcv.reader import Reader
 
+    check_beton(path)
     device = torch.device(device)
     indices = None
     if world_size > 1:
         indices = shard_indices(Reader(path).num_samples, rank, world_size)
     image = [CenterCropRGBImageDecoder((res, res), ratio=crop_ratio), *_image_tail(device)]
-    return Loader(path, batch_size=batch_size, num_workers=num_workers,
-                  order=OrderOption.SEQUENTIAL, os_cache=in_memory, drop_last=False,
-                  indices=indices, seed=0,
-                  pipelines={"image": image, "label": _label_pipeline(device)})
+    return watch(Loader(path, batch_size=batch_size, num_workers=num_workers,
+                        order=OrderOption.SEQUENTIAL, os_cache=in_memory, drop_last=False,
+                        indices=indices, seed=0,
+                        pipelines={"image": image, "label": _label_pipeline(device)}), path)
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,6 +6,7 @@ lets the same script run under any launcher. A plain ``python train_imagenet.py`
 """
 from __future__ import annotations
 
+import datetime
 import os
 import shlex
 from dataclasses import dataclass
@@ -54,8 +55,11 @@ def pick_device(local_rank: int, single_gpu_index: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init(single_gpu_index: int = 0) -> DistEnv:
-    """Read torchrun's environment, bind this process to its GPU and join the process group."""
+def init(single_gpu_index: int = 0, timeout_s: float | None = None) -> DistEnv:
+    """Read torchrun's environment, bind this process to its GPU and join the process group.
+
+    ``timeout_s``: how long a collective may wait for the other ranks before failing (a dead
+    or hung rank then ends the run instead of holding every other rank forever)."""
     if under_torchrun():
         rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
         world_size = int(os.environ["WORLD_SIZE"])
@@ -69,6 +73,8 @@ def init(single_gpu_index: int = 0) -> DistEnv:
     env = DistEnv(rank, local_rank, world_size, local_world_size, device)
     if env.distributed and not dist.is_initialized():
         kwargs = {"device_id": device} if device.type == "cuda" else {}
+        if timeout_s:
+            kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
         dist.init_process_group(backend=env.backend, rank=rank, world_size=world_size, **kwargs)
     return env
 

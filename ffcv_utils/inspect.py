@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dataset_info
+from . import beton, dataset_info
 from .cli import UserError, run_main
 
 _MODE_JPG = 0  # ffcv.fields.rgb_image.IMAGE_MODES['jpg']
@@ -30,6 +30,7 @@ def inspect_beton(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}")
+    beton.check(path)  # a truncated, empty or foreign file: one line, exit 2
     try:
         reader = Reader(str(path))
     except Exception as e:

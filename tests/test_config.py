@@ -242,6 +242,9 @@ def test_help_lists_every_key(capsys):
 def test_schedule_keys_checked_only_where_they_apply(betons):
     # lr_peak_epoch (default 2) only matters to the cyclic schedule
     p, _ = load_config([*betons, "--lr.lr_schedule_type", "cosine", "--training.epochs", "1"])
-    assert p.lr.lr_schedule_type == "cosine"
-    with pytest.raises(UserError, match="lr.lr_peak_epoch"):
-        load_config([*betons, "--training.epochs", "1"])
+    assert p.lr.lr_schedule_type == "cosine" and p.lr.lr_peak_epoch == 2
+    # cyclic: the default peak (2) is scaled into a run shortened below it (ffcv_utils/shrink)
+    p, meta = load_config([*betons, "--training.epochs", "1"])
+    assert p.lr.lr_peak_epoch == pytest.approx(2 / 30, abs=1e-3) and meta["shrunk"]
+    with pytest.raises(UserError, match="lr.lr_peak_epoch"):  # typed by the user: refused
+        load_config([*betons, "--training.epochs", "1", "--lr.lr_peak_epoch", "2"])

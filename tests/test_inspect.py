@@ -60,7 +60,7 @@ def test_missing_or_bogus_files_are_user_errors(tmp_path):
         inspect_beton(tmp_path / "none.beton")
     junk = tmp_path / "junk.beton"
     junk.write_bytes(np.random.default_rng(0).bytes(100))
-    with pytest.raises(UserError, match="not a readable .beton"):
+    with pytest.raises(UserError, match=r"junk.beton: not a .beton of ffcv format"):
         inspect_beton(junk)
 
 

@@ -1,0 +1,56 @@
+"""Fit a recipe's epoch-based keys to a shortened run, so that a published config shrunk for a
+smoke test (``--training.epochs 1``) runs instead of being refused.
+
+Only keys that came from config files or defaults are changed, and only when the run is shorter
+than the recipe (``training.epochs`` given on the command line below the files' value) and the
+key no longer fits: they are scaled by ``epochs / recipe_epochs``, keeping the recipe's shape.
+A value the user typed on the command line is never changed; nonsense is still refused by
+``config.check_values``.
+"""
+from __future__ import annotations
+
+
+def _scaled(value, epochs: int, recipe: int, as_int: bool):
+    x = value * epochs / recipe
+    return max(0, round(x)) if as_int else round(x, 4)
+
+
+def fit_to_epochs(p, recipe_epochs: int, given: set[str]) -> list[str]:
+    """Scale what no longer fits in ``p.training.epochs``; returns ``'key a -> b'`` notes.
+
+    ``given``: the keys set on the command line (left alone), ``recipe_epochs``: what the
+    config files (or the default) say ``training.epochs`` is.
+    """
+    epochs = p.training.epochs
+    if not 1 <= epochs < recipe_epochs:
+        return []
+    notes = []
+
+    def fit(section, key, as_int=False, minimum=None):
+        name = f"{section}.{key}"
+        if name in given:
+            return
+        old = getattr(getattr(p, section), key)
+        new = _scaled(old, epochs, recipe_epochs, as_int)
+        if minimum is not None:
+            new = max(new, minimum)
+        if new != old:
+            setattr(getattr(p, section), key, new)
+            notes.append(f"{name} {old:g} -> {new:g}")
+
+    lr, res = p.lr, p.resolution
+    if lr.lr_schedule_type == "cyclic" and lr.lr_peak_epoch >= epochs:  # no decay left
+        fit("lr", "lr_peak_epoch")
+    if lr.lr_schedule_type in ("step", "cosine") and lr.warmup_epochs >= epochs:
+        fit("lr", "warmup_epochs")
+    if lr.lr_schedule_type == "step" and lr.step_length >= epochs:
+        fit("lr", "step_length", as_int=True, minimum=1)
+    if res.end_ramp > epochs and not {"resolution.start_ramp", "resolution.end_ramp"} & given:
+        fit("resolution", "start_ramp", as_int=True)
+        fit("resolution", "end_ramp", as_int=True)
+    return notes
+
+
+def warning(notes: list[str], epochs: int, recipe_epochs: int) -> str:
+    return (f"warning: training.epochs {epochs} is shorter than the config's {recipe_epochs}; "
+            f"scaled to fit: {', '.join(notes)} (set them on the command line to choose)")
