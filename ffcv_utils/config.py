@@ -101,6 +101,8 @@ def declare_sections(cfg: Config) -> Config:
         gpu=Param(INT, "CUDA device index for a single-process run (torchrun uses LOCAL_RANK)",
                   default=0),
         seed=Param(INT, "seed for data order, augmentation and model init", default=0),
+        decoder=Param(OneOf(["fast", "ffcv"]), "image decoding: fast (crop first, DCT-scaled; "
+                      "ffcv_utils/fast_decode.py) or ffcv (the stock decoders)", default="fast"),
     )
     section("dist", "distributed training (launch with torchrun)").params(
         world_size=Param(INT, "processes the config was written for", default=1),
@@ -349,6 +351,12 @@ def check_values(p: SimpleNamespace) -> None:
     _need(p.dist.world_size >= 1, "dist.world_size", f"must be at least 1, got {p.dist.world_size}")
     _need(p.data.num_workers >= 0, "data.num_workers", f"must be >= 0, got {p.data.num_workers}")
     _need(p.data.gpu >= 0, "data.gpu", f"must be >= 0, got {p.data.gpu}")
+    if p.data.decoder == "fast":
+        from ffcv_utils import fast_decode
+
+        _need(fast_decode.available(), "data.decoder",
+              "the fast decoder's C extension is not built: run `make install`, "
+              "or use --data.decoder ffcv")
     _need(p.model.num_classes >= 0, "model.num_classes",
           f"must be >= 0, got {p.model.num_classes}")
     _need(p.logging.log_level in (0, 1, 2), "logging.log_level",

@@ -161,3 +161,84 @@ def test_damaged_jpegs_decode_grey_or_partially_and_are_counted(photos):
     got, status = fast_decode.decode_crop_resize(data, h, w, box, out, slot=slot)
     assert status == 0 and psnr(got, ref) >= MIN_PSNR
     assert lib.fj_failure_count(slot) == 0
+
+
+# -- through the real ffcv Loader -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def photo_betons(photos_dir, tmp_path_factory):
+    """(proportion beton: JPEG and raw samples, all-JPEG beton) of the 30 val photos."""
+    from ffcv_utils.writer import write_split
+
+    out = tmp_path_factory.mktemp("fast_decode_betons")
+    mixed, jpeg = out / "mixed.beton", out / "jpeg.beton"
+    write_split(photos_dir, "val", mixed, max_resolution=256, num_workers=1, progress=False)
+    write_split(photos_dir, "val", jpeg, max_resolution=256, write_mode="jpg", num_workers=1,
+                progress=False)
+    return mixed, jpeg
+
+
+def _images(loader) -> np.ndarray:
+    return np.concatenate([images.permute(0, 2, 3, 1).numpy().copy() for images, _ in loader])
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_val_loader_fast_matches_stock_ffcv(photo_betons):
+    from ffcv.reader import Reader
+
+    from ffcv_utils.data import take_decode_failures, val_loader
+
+    mixed = str(photo_betons[0])
+    modes = Reader(mixed).metadata["f0"]["mode"]
+    assert 0 < (modes == 0).sum() < len(modes)  # both JPEG and raw samples
+    fast = val_loader(mixed, batch_size=16, num_workers=1, res=96, decoder="fast")
+    stock = val_loader(mixed, batch_size=16, num_workers=1, res=96, decoder="ffcv")
+    a, b = _images(fast), _images(stock)
+    assert a.shape == b.shape == (len(modes), 96, 96, 3)
+    scores = [psnr(x, y) for x, y in zip(a, b)]
+    assert min(scores) >= MIN_PSNR, sorted(scores)[:3]
+    assert take_decode_failures(fast) == 0 and take_decode_failures(stock) == 0
+
+
+def _damage(beton, out):
+    """Copy ``beton`` with sample 0's JPEG header destroyed and an end-of-image marker planted
+    a third of the way into sample 1's entropy-coded data (a truncated file)."""
+    import shutil
+
+    from ffcv.reader import Reader
+
+    shutil.copyfile(beton, out)
+    meta = Reader(str(out)).metadata["f0"]
+    assert (meta["mode"] == 0).all()
+    with open(out, "r+b") as f:
+        f.seek(int(meta["data_ptr"][0]))
+        f.write(b"\x00" * 64)
+        f.seek(int(meta["data_ptr"][1]))
+        data = f.read(8192)
+        start = data.index(b"\xff\xda")  # start of scan
+        f.seek(int(meta["data_ptr"][1]) + start + 400)
+        f.write(b"\xff\xd9")
+    return out
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_damaged_beton_decodes_without_crash_and_counts_failures(photo_betons, tmp_path):
+    from ffcv_utils.data import take_decode_failures, train_loader, val_loader
+
+    bad = str(_damage(photo_betons[1], tmp_path / "damaged.beton"))
+    val = val_loader(bad, batch_size=8, num_workers=2, res=64)
+    images = _images(val)
+    assert len(images) == 30
+    assert np.all(images[0] == 128)                        # nothing decodable: grey
+    assert np.all(np.abs(images[1][-8:].astype(int) - 128) <= 1)  # bottom lost: grey
+    assert images[1][:8].std() > 5                         # top decoded
+    assert images[2:].std() > 5
+    assert take_decode_failures(val) == 2
+    assert take_decode_failures(val) == 0                  # taking resets
+
+    data = train_loader(bad, batch_size=10, num_workers=2, res=48, seed=0)
+    seen = sum(len(labels) for _, labels in data.loader)
+    assert seen == 30
+    assert 1 <= data.take_failures() <= 2  # sample 1 counts only if its crop reaches the damage
