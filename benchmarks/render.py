@@ -46,10 +46,15 @@ def render_loader(name: str, df) -> str:
     rows = []
     for r in df.itertuples(index=False):
         ok = r.img_per_s == r.img_per_s  # not NaN
+        stock_ratio = getattr(r, "ratio_vs_ffcv_stock", float("nan"))
         rows.append({
             "loader": r.loader,
+            "decoder": getattr(r, "decoder", "") if isinstance(getattr(r, "decoder", ""), str)
+            else "",
             "beton": r.beton_mode,
+            "res": int(r.res) if r.res == r.res else "",
             "img/s (steady)": r.img_per_s if ok else float("nan"),
+            "× stock ffcv": f"{stock_ratio:.2f}×" if stock_ratio == stock_ratio else "",
             "× torchvision": (f"{r.img_per_s / base:.2f}×" if ok and base else ""),
             "img/s (1st epoch)": r.first_epoch_img_per_s if ok else float("nan"),
             "1st epoch × tv": (f"{r.first_epoch_img_per_s / base_first:.2f}×"
@@ -115,7 +120,23 @@ def render_profile(name: str, df) -> str:
             f"({int(_first(df, 'jpg_images', 0))} stored as JPEG, mean "
             f"{_first(df, 'mean_kpixel')} kpixel), crop resized to {int(_first(df, 'res', 0))}px,"
             f" minimum of repeated runs. Measured on {machine_line(df)}.")
-    return head + "\n\n" + markdown_table(df[["step", "ms_per_image", "share_of"]])
+    cols = [c for c in ("path", "step", "ms_per_image", "share_of") if c in df.columns]
+    return head + "\n\n" + markdown_table(df[cols])
+
+
+def render_accuracy(name: str, df) -> str:
+    """benchmarks/decoder_accuracy.py: the digits demo trained with each decoder."""
+    summary = df.groupby("decoder", sort=False).agg(
+        runs=("top_1", "size"), seeds=("seed", lambda s: ", ".join(str(int(v)) for v in s)),
+        top_1_mean=("top_1", "mean"), top_1_min=("top_1", "min"), top_1_max=("top_1", "max"),
+        train_loss_mean=("train_loss", "mean"), wall_s_mean=("wall_s", "mean")).reset_index()
+    head = (f"**Same accuracy with the fast decoder** (`{name}`, "
+            f"`benchmarks/decoder_accuracy.py`): the digits demo recipe "
+            f"(`rn18_configs/rn18_demo.yaml`, 5 epochs) through the trainer with "
+            f"`--data.decoder fast` and `ffcv`, same seeds, interleaved; final top-1 on the 363 val "
+            f"images. Augmentation randomness is not seeded (ffcv's numba generators), so runs "
+            f"with one seed differ by themselves. Measured on {machine_line(df)}.")
+    return head + "\n\n" + markdown_table(summary)
 
 
 def render(results: Path) -> str:
@@ -134,6 +155,10 @@ def render(results: Path) -> str:
     for p in csvs:
         if "step" in pd.read_csv(p, nrows=0).columns:
             blocks.append(render_profile(p.name, pd.read_csv(p)))
+    for p in csvs:
+        cols = pd.read_csv(p, nrows=0).columns
+        if "top_1" in cols and "decoder" in cols:
+            blocks.append(render_accuracy(p.name, pd.read_csv(p)))
     notes = results / "NOTES.md"
     if notes.exists():
         blocks.append(notes.read_text().strip())
