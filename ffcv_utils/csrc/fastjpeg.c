@@ -113,34 +113,59 @@ static int resize_box(const uint8_t *src, int bh, int bw, int64_t stride,
         return -2;
     }
     int cx0 = ax.start[0], cx1 = ax.start[ow - 1] + ax.n[ow - 1];
-    int n = 3 * (cx1 - cx0);
-    float *acc = (float *)malloc(sizeof(float) * (n > 0 ? n : 1));
+    int n = 3 * (cx1 - cx0), T = ax.taps;
+    /* every output column reads T taps (zero weights past its own): fixed-length loops the
+     * compiler unrolls; the padding after the crop's columns is zeroed, so 0 x pad = 0 */
+    float *acc = (float *)calloc((size_t)(n + 3 * T + 3), sizeof(float));
     if (!acc) { axis_free(&ax); axis_free(&ay); return -2; }
-    for (int v = 0; v < ow; v++) ax.start[v] = 3 * (ax.start[v] - cx0);
+    for (int v = 0; v < ow; v++) {
+        float *wx = ax.w + (int64_t)v * T;
+        for (int q = ax.n[v]; q < T; q++) wx[q] = 0.f;
+        ax.start[v] = 3 * (ax.start[v] - cx0);
+    }
     for (int u = 0; u < oh; u++) {
         const float *wy = ay.w + (int64_t)u * ay.taps;
-        const uint8_t *row = src + (int64_t)ay.start[u] * stride + 3 * cx0;
-        float w0 = wy[0];
-        for (int q = 0; q < n; q++) acc[q] = w0 * row[q];
-        for (int k = 1; k < ay.n[u]; k++) {
-            const uint8_t *r = row + (int64_t)k * stride;
-            float wk = wy[k];
-            for (int q = 0; q < n; q++) acc[q] += wk * r[q];
+        const uint8_t *r0 = src + (int64_t)ay.start[u] * stride + 3 * cx0;
+        int k = ay.n[u];
+        if (k == 1) {
+            for (int q = 0; q < n; q++) acc[q] = r0[q];
+        } else if (k == 2) {
+            const uint8_t *r1 = r0 + stride;
+            float w0 = wy[0], w1 = wy[1];
+            for (int q = 0; q < n; q++) acc[q] = w0 * r0[q] + w1 * r1[q];
+        } else {
+            const uint8_t *r1 = r0 + stride, *r2 = r1 + stride;
+            float w0 = wy[0], w1 = wy[1], w2 = wy[2];
+            for (int q = 0; q < n; q++) acc[q] = w0 * r0[q] + w1 * r1[q] + w2 * r2[q];
+            for (int j = 3; j < k; j++) {
+                const uint8_t *r = r0 + (int64_t)j * stride;
+                float wj = wy[j];
+                for (int q = 0; q < n; q++) acc[q] += wj * r[q];
+            }
         }
         uint8_t *drow = dst + (int64_t)u * ow * 3;
-        for (int v = 0; v < ow; v++) {
-            const float *wx = ax.w + (int64_t)v * ax.taps;
-            const float *p = acc + ax.start[v];
-            float s0 = 0, s1 = 0, s2 = 0;
-            for (int q = 0; q < ax.n[v]; q++, p += 3) {
-                s0 += wx[q] * p[0]; s1 += wx[q] * p[1]; s2 += wx[q] * p[2];
-            }
-            uint8_t *d = drow + 3 * (flip ? ow - 1 - v : v);
-            s0 += 0.5f; s1 += 0.5f; s2 += 0.5f;
-            d[0] = s0 <= 0.f ? 0 : s0 >= 255.f ? 255 : (uint8_t)s0;
-            d[1] = s1 <= 0.f ? 0 : s1 >= 255.f ? 255 : (uint8_t)s1;
-            d[2] = s2 <= 0.f ? 0 : s2 >= 255.f ? 255 : (uint8_t)s2;
+        int step = flip ? -3 : 3;
+        uint8_t *d = drow + (flip ? 3 * (ow - 1) : 0);
+#define FJ_HPASS(TAPS)                                                                  \
+        for (int v = 0; v < ow; v++, d += step) {                                       \
+            const float *wx = ax.w + (int64_t)v * (TAPS);                               \
+            const float *p = acc + ax.start[v];                                         \
+            float s0 = 0.5f, s1 = 0.5f, s2 = 0.5f;                                      \
+            for (int q = 0; q < (TAPS); q++) {                                          \
+                s0 += wx[q] * p[3 * q]; s1 += wx[q] * p[3 * q + 1];                     \
+                s2 += wx[q] * p[3 * q + 2];                                             \
+            }                                                                           \
+            d[0] = s0 <= 0.f ? 0 : s0 >= 255.f ? 255 : (uint8_t)s0;                     \
+            d[1] = s1 <= 0.f ? 0 : s1 >= 255.f ? 255 : (uint8_t)s1;                     \
+            d[2] = s2 <= 0.f ? 0 : s2 >= 255.f ? 255 : (uint8_t)s2;                     \
         }
+        switch (T) {
+            case 2: FJ_HPASS(2) break;
+            case 3: FJ_HPASS(3) break;
+            case 4: FJ_HPASS(4) break;
+            default: FJ_HPASS(T) break;
+        }
+#undef FJ_HPASS
     }
     free(acc); axis_free(&ax); axis_free(&ay);
     return 0;
