@@ -124,6 +124,18 @@ def render_profile(name: str, df) -> str:
     return head + "\n\n" + markdown_table(df[cols])
 
 
+def render_startup(name: str, df) -> str:
+    """benchmarks/startup.py: time to the first batch, and after a resolution change."""
+    cols = ["decoder", "build_s", "first_batch_s", "epoch1_s", "first_batch_res2_s", "epoch2_s"]
+    head = (f"**Start-up** (`{name}`, `benchmarks/startup.py`): a fresh process per decoder, "
+            f"`train_loader` at {int(_first(df, 'res', 0))} px, {int(_first(df, 'workers', 0))} "
+            f"workers, batch {int(_first(df, 'batch_size', 0))}, on `{_first(df, 'beton')}`; "
+            f"seconds to build the Loader, to its first batch (numba compiles the pipeline "
+            f"then), for the rest of the epoch, and the same after `set_resolution("
+            f"{int(_first(df, 'res2', 0))})`. Measured on {machine_line(df)}.")
+    return head + "\n\n" + markdown_table(df[[c for c in cols if c in df.columns]])
+
+
 def render_accuracy(name: str, df) -> str:
     """benchmarks/decoder_accuracy.py: the digits demo trained with each decoder."""
     summary = df.groupby("decoder", sort=False).agg(
@@ -157,6 +169,8 @@ def render(results: Path) -> str:
             blocks.append(render_profile(p.name, pd.read_csv(p)))
     for p in csvs:
         cols = pd.read_csv(p, nrows=0).columns
+        if "first_batch_s" in cols:
+            blocks.append(render_startup(p.name, pd.read_csv(p)))
         if "top_1" in cols and "decoder" in cols:
             blocks.append(render_accuracy(p.name, pd.read_csv(p)))
     notes = results / "NOTES.md"
