@@ -124,9 +124,10 @@ def _make_decoder_classes():
     c_decode = lib.fj_decode_crop_resize
     c_resize = lib.fj_crop_resize
 
-    def decode_jpeg(data, height, width, i, j, h, w, tmp, dst, flip, fast_dct, headroom, slot):
+    def decode_jpeg(data, height, width, i, j, h, w, dst, flip, fast_dct, headroom, slot):
+        # scratch 0 (NULL): the C side decodes into a buffer kept per thread, warm in cache
         return c_decode(data.ctypes.data, data.size, height, width, i, j, h, w,
-                        tmp.ctypes.data, tmp.size, dst.ctypes.data, dst.shape[0], dst.shape[1],
+                        0, 0, dst.ctypes.data, dst.shape[0], dst.shape[1],
                         flip, fast_dct, headroom, slot)
 
     def resize_raw(data, height, width, i, j, h, w, dst, flip):
@@ -144,6 +145,17 @@ def _make_decoder_classes():
             super().__init__(output_size)
             self.slot = next(_next_slot) % _SLOTS
             library().fj_take_failures(self.slot)
+
+        def declare_state_and_memory(self, previous_state):
+            # only the output: stock ffcv also allocates a full-size decode buffer per batch
+            # slot (max height x max width x 3 bytes per image), which the C side does not need
+            from dataclasses import replace
+
+            from ffcv.pipeline.allocation_query import AllocationQuery
+
+            shape = (self.output_size[0], self.output_size[1], 3)
+            return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<u1")),
+                    AllocationQuery(shape, np.dtype("<u1")))
 
         def take_failures(self) -> int:
             """Samples that failed to decode since the last call (and reset the count)."""
@@ -166,8 +178,7 @@ def _make_decoder_classes():
             headroom = float(self.headroom)
             slot = np.int32(self.slot)
 
-            def decode(batch_indices, my_storage, metadata, storage_state):
-                destination, temp_storage = my_storage
+            def decode(batch_indices, destination, metadata, storage_state):
                 for dst_ix in my_range(len(batch_indices)):
                     source_ix = batch_indices[dst_ix]
                     field = metadata[source_ix]
@@ -179,8 +190,8 @@ def _make_decoder_classes():
                     if flip_prob > 0 and np.random.rand() < flip_prob:
                         flip = np.int32(1)
                     if field["mode"] == jpg:
-                        decode_c(image_data, height, width, i, j, h, w, temp_storage[dst_ix],
-                                 destination[dst_ix], flip, fast_dct, headroom, slot)
+                        decode_c(image_data, height, width, i, j, h, w, destination[dst_ix],
+                                 flip, fast_dct, headroom, slot)
                     else:
                         resize_c(image_data, height, width, i, j, h, w,
                                  destination[dst_ix], flip)

@@ -200,9 +200,25 @@ static void fj_output_message(j_common_ptr cinfo) { (void)cinfo; }
 
 static void fill_grey(uint8_t *p, int64_t n) { memset(p, 128, (size_t)n); }
 
+/* per-thread scratch for decoded regions: grows to the largest region seen, lives as long as
+ * the (long-lived) loader thread */
+static __thread uint8_t *tls_buf = NULL;
+static __thread uint64_t tls_size = 0;
+
+static uint8_t *thread_buffer(uint64_t need) {
+    if (need > tls_size) {
+        uint8_t *p = (uint8_t *)realloc(tls_buf, need);
+        if (!p) return NULL;
+        tls_buf = p;
+        tls_size = need;
+    }
+    return tls_buf;
+}
+
 /* Decode the crop (crop_y, crop_x, crop_h, crop_w; full-resolution pixels) of a JPEG and resize it
- * to out_h x out_w into dst (mirrored when flip; fast_dct: libjpeg's IFAST IDCT at full scale). `tmp` (tmp_size bytes) holds the decoded region: height*width*3 bytes
- * always suffice. Returns 0 on success, 1 when the JPEG was damaged (decoded as far as possible,
+ * to out_h x out_w into dst (mirrored when flip; fast_dct: libjpeg's IFAST IDCT at full scale).
+ * `tmp` (tmp_size bytes) holds the decoded region (height*width*3 bytes always suffice); NULL uses
+ * a buffer kept per thread, which stays in cache from one image to the next. Returns 0 on success, 1 when the JPEG was damaged (decoded as far as possible,
  * rest grey), 2 when nothing could be decoded (all grey); damaged samples are counted in `slot`. */
 int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, int32_t width,
                           int32_t crop_y, int32_t crop_x, int32_t crop_h, int32_t crop_w,
@@ -213,6 +229,7 @@ int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, in
     struct fj_error err;
     volatile int started = 0, rows_read = 0;
     volatile int buf_h = 0, buf_w = 0;
+    uint8_t *volatile buf = tmp;
     volatile double sy0 = 0, sx0 = 0, sh = 0, sw = 0;
     volatile int region_x = 0;
     int64_t dst_bytes = (int64_t)out_h * out_w * 3;
@@ -228,9 +245,9 @@ int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, in
         /* libjpeg gave up: keep what was decoded, grey for the rest */
         if (started && rows_read > 0) {
             int stride = buf_w * 3;
-            fill_grey(tmp + (int64_t)rows_read * stride, (int64_t)(buf_h - rows_read) * stride);
+            fill_grey(buf + (int64_t)rows_read * stride, (int64_t)(buf_h - rows_read) * stride);
             if (dst != NULL)
-                resize_box(tmp, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw,
+                resize_box(buf, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw,
                            dst, out_h, out_w, flip);
             jpeg_destroy_decompress(&cinfo);
             count_failure(slot);
@@ -286,8 +303,10 @@ int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, in
     region_x = (int)xoff;
     buf_w = (int)cinfo.output_width;  /* after crop_scanline: the cropped width */
     buf_h = oy1 - oy0;
-    if ((uint64_t)buf_w * buf_h * 3 > tmp_size) {
-        /* cannot happen for a buffer of height*width*3; refuse rather than overflow */
+    uint64_t need = (uint64_t)buf_w * buf_h * 3;
+    if (tmp == NULL) buf = thread_buffer(need);
+    if (buf == NULL || (tmp != NULL && need > tmp_size)) {
+        /* out of memory, or a caller's buffer too small (cannot happen for height*width*3) */
         jpeg_abort_decompress(&cinfo);
         jpeg_destroy_decompress(&cinfo);
         if (dst != NULL) fill_grey(dst, dst_bytes);
@@ -298,17 +317,17 @@ int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, in
     if (oy0 > 0) jpeg_skip_scanlines(&cinfo, (JDIMENSION)oy0);
     int stride = buf_w * 3;
     while (rows_read < buf_h) {
-        JSAMPROW row = tmp + (int64_t)rows_read * stride;
+        JSAMPROW row = buf + (int64_t)rows_read * stride;
         JDIMENSION got = jpeg_read_scanlines(&cinfo, &row, 1);
         if (got == 0) break;
         rows_read += got;
     }
-    if (rows_read < buf_h) fill_grey(tmp + (int64_t)rows_read * stride, (int64_t)(buf_h - rows_read) * stride);
+    if (rows_read < buf_h) fill_grey(buf + (int64_t)rows_read * stride, (int64_t)(buf_h - rows_read) * stride);
     /* stop here: the rows below the crop are never decoded */
     jpeg_abort_decompress(&cinfo);
     jpeg_destroy_decompress(&cinfo);
     if (dst != NULL)  /* NULL: decode only (benchmarks/profile_loader.py times the two apart) */
-        resize_box(tmp, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw, dst, out_h, out_w, flip);
+        resize_box(buf, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw, dst, out_h, out_w, flip);
     if (err.warnings || rows_read < buf_h) {
         count_failure(slot);
         return 1;
