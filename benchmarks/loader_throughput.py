@@ -50,7 +50,7 @@ PUBLISHED = dict(max_resolution=500, compress_probability=0.5, jpeg_quality=90)
 COLUMNS = ["loader", "decoder", "beton_mode", "res", "workers", "batch_size", "img_per_s",
            "first_epoch_img_per_s", "dataset_bytes", "peak_rss_mb", "epochs", "images_per_epoch",
            "setup_s", "ratio_vs_torchvision", "first_epoch_ratio_vs_torchvision",
-           "ratio_vs_ffcv_stock", "writer",
+           "ratio_vs_ffcv_stock", "cpu_ms_per_img", "cpu_ratio_vs_ffcv_stock", "writer",
            "load_1m_before", "load_1m_after", "rounds_img_per_s", "note"]
 
 
@@ -118,19 +118,36 @@ def ensure_betons(data_dir: Path, cache: Path, modes: list[str], workers: int,
 
 # --------------------------------------------------------------------------- children
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its live children (DataLoader workers):
+    unlike wall time, barely moved by other processes competing for the cores."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
 def _time_epochs(make_iter, epochs: int) -> dict:
     """Iterate ``epochs`` epochs; first epoch apart from the rest."""
-    times, counts = [], []
+    times, counts, cpu = [], [], []
     for _ in range(epochs):
         n = 0
-        t0 = now()
+        t0, c0 = now(), _cpu_seconds()
         for images, _labels in make_iter():
             n += images.shape[0]
         times.append(now() - t0)
+        cpu.append(_cpu_seconds() - c0)
         counts.append(n)
     steady_t = sum(times[1:])
     steady_n = sum(counts[1:])
     return {
+        "cpu_ms_per_img": sum(cpu[1:]) / steady_n * 1e3 if steady_n else float("nan"),
         "first_epoch_img_per_s": counts[0] / times[0],
         "img_per_s": steady_n / steady_t if steady_t > 0 else float("nan"),
         "images_per_epoch": counts[0],
@@ -398,7 +415,8 @@ def run(argv: list[str] | None = None):
                                   load_1m_after=round(os.getloadavg()[0], 2),
                                   peak_rss_mb=round(peak_mb, 1),
                                   **{k: result[k] for k in ("img_per_s", "first_epoch_img_per_s",
-                                                            "images_per_epoch", "setup_s")})
+                                                            "images_per_epoch", "setup_s",
+                                                            "cpu_ms_per_img")})
     rows = []
     for row, _, _ in plans:
         r = best[row["loader"]]
@@ -418,13 +436,18 @@ def run(argv: list[str] | None = None):
     df["ratio_vs_ffcv_stock"] = [
         rate[l] / rate[STOCK_OF[l]] if STOCK_OF.get(l) in rate and rate[STOCK_OF[l]] else
         float("nan") for l in df.loader]
+    cpu = dict(zip(df.loader, df.cpu_ms_per_img))
+    df["cpu_ratio_vs_ffcv_stock"] = [  # > 1: the row needs less CPU per image than stock
+        cpu[STOCK_OF[l]] / cpu[l] if STOCK_OF.get(l) in cpu and cpu[l] else float("nan")
+        for l in df.loader]
     df = df[COLUMNS]
     for k, v in info.items():
         df[k] = v
     df["images"] = len(files)
     df.to_csv(out, index=False)
     show = df[["loader", "decoder", "beton_mode", "res", "img_per_s", "first_epoch_img_per_s",
-               "ratio_vs_ffcv_stock", "ratio_vs_torchvision", "dataset_bytes", "peak_rss_mb",
+               "ratio_vs_ffcv_stock", "cpu_ms_per_img", "cpu_ratio_vs_ffcv_stock",
+               "ratio_vs_torchvision", "dataset_bytes", "peak_rss_mb",
                "note"]].copy()
     show["dataset_bytes"] = (show.dataset_bytes / 2**20).round(1)
     show = show.rename(columns={"dataset_bytes": "dataset_MiB"})

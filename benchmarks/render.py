@@ -55,6 +55,10 @@ def render_loader(name: str, df) -> str:
             "res": int(r.res) if r.res == r.res else "",
             "img/s (steady)": r.img_per_s if ok else float("nan"),
             "× stock ffcv": f"{stock_ratio:.2f}×" if stock_ratio == stock_ratio else "",
+            "CPU ms/img": getattr(r, "cpu_ms_per_img", float("nan")),
+            "× stock, CPU": (f"{r.cpu_ratio_vs_ffcv_stock:.2f}×"
+                             if getattr(r, "cpu_ratio_vs_ffcv_stock", float("nan")) ==
+                             getattr(r, "cpu_ratio_vs_ffcv_stock", float("nan")) else ""),
             "× torchvision": (f"{r.img_per_s / base:.2f}×" if ok and base else ""),
             "img/s (1st epoch)": r.first_epoch_img_per_s if ok else float("nan"),
             "1st epoch × tv": (f"{r.first_epoch_img_per_s / base_first:.2f}×"
