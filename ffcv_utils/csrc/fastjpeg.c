@@ -316,9 +316,13 @@ int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, in
     started = 1;
     if (oy0 > 0) jpeg_skip_scanlines(&cinfo, (JDIMENSION)oy0);
     int stride = buf_w * 3;
+    /* several rows per call: with 2x2 chroma subsampling libjpeg makes rows in pairs, and a
+     * one-row request costs an extra copy through its spare row */
+    JSAMPROW rows[16];
     while (rows_read < buf_h) {
-        JSAMPROW row = buf + (int64_t)rows_read * stride;
-        JDIMENSION got = jpeg_read_scanlines(&cinfo, &row, 1);
+        int want = buf_h - rows_read < 16 ? buf_h - rows_read : 16;
+        for (int k = 0; k < want; k++) rows[k] = buf + (int64_t)(rows_read + k) * stride;
+        JDIMENSION got = jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)want);
         if (got == 0) break;
         rows_read += got;
     }
