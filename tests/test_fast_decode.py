@@ -242,3 +242,18 @@ def test_damaged_beton_decodes_without_crash_and_counts_failures(photo_betons, t
     seen = sum(len(labels) for _, labels in data.loader)
     assert seen == 30
     assert 1 <= data.take_failures() <= 2  # sample 1 counts only if its crop reaches the damage
+
+
+def test_single_channel_jpeg_decodes_to_grey_rgb(photos):
+    """A one-component (grayscale) JPEG, as other writers than ffcv's may store: libjpeg expands it."""
+    grey = cv2.cvtColor(photos["full_photo"], cv2.COLOR_RGB2GRAY)
+    ok, data = cv2.imencode(".jpg", grey)
+    assert ok
+    h, w = grey.shape
+    box = (10, 20, 300, 400)
+    got, status = fast_decode.decode_crop_resize(data.reshape(-1), h, w, box, (160, 160))
+    assert status == 0
+    assert (got[..., 0] == got[..., 1]).all() and (got[..., 1] == got[..., 2]).all()
+    ref = reference(np.repeat(cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)[:, :, None], 3, axis=2),
+                    box, (160, 160))
+    assert psnr(got, ref) >= MIN_PSNR
