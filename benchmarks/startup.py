@@ -78,7 +78,7 @@ def main(argv=None):
         res = json.loads(r.stdout.strip().splitlines()[-1])
         rows.append({"decoder": decoder, "res": args.res, "res2": args.res2,
                      "workers": args.workers, "batch_size": args.batch_size,
-                     **{k: round(v, 2) for k, v in res.items()}})
+                     **res})
         print(json.dumps(rows[-1]), flush=True)
     df = pd.DataFrame(rows)
     for k, v in machine_info("cpu").items():
