@@ -71,10 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     train_beton, val_beton = ensure_demo_betons(work)
     info = machine_info("cpu")
+    logs = work / "logs" / time.strftime("%Y%m%dT%H%M%S", time.gmtime())  # fresh per invocation
     rows = []
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
         for decoder in ("fast", "ffcv"):  # interleaved: load from elsewhere hits both alike
-            row = train(train_beton, val_beton, decoder, seed, work / "logs", args.timeout)
+            row = train(train_beton, val_beton, decoder, seed, logs, args.timeout)
             print(json.dumps(row), flush=True)
             rows.append(row)
     df = pd.DataFrame(rows)
