@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYS_PKGS := libturbojpeg0-dev libopencv-dev pkg-config g++
+SYS_PKGS := libturbojpeg0-dev libjpeg-dev libopencv-dev pkg-config g++
 # The demo: a real 10-class data set (scikit-learn's handwritten digits, shipped inside the package).
 DEMO_DIR := demo_data/digits
 DEMO_OUT := data/demo
@@ -14,9 +14,10 @@ DEMO_OUT := data/demo
 
 install: system-deps $(STAMP)
 
-# ffcv compiles against libjpeg-turbo and OpenCV: install them when pkg-config cannot find them.
+# ffcv compiles against libjpeg-turbo and OpenCV, the fast decoder (ffcv_utils/csrc) against
+# libjpeg(-turbo)'s libjpeg API: install them when pkg-config cannot find them.
 system-deps:
-	@if pkg-config --exists libturbojpeg opencv4 2>/dev/null && command -v g++ >/dev/null; then exit 0; fi; \
+	@if pkg-config --exists libturbojpeg libjpeg opencv4 2>/dev/null && command -v g++ >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
 		echo "installing system libraries: $(SYS_PKGS)"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYS_PKGS); \
@@ -24,7 +25,8 @@ system-deps:
 		echo "ffcv needs system libraries; run: sudo apt-get update && sudo apt-get install -y $(SYS_PKGS)" >&2; exit 1; \
 	fi
 
-$(STAMP): pyproject.toml
+# setup.py builds the fast decoder's C extension in place: editing its source reinstalls.
+$(STAMP): pyproject.toml setup.py ffcv_utils/csrc/fastjpeg.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[test,watch]'

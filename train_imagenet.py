@@ -25,7 +25,7 @@ from ffcv_utils import checkpoint as ckpt
 from ffcv_utils import distributed as du
 from ffcv_utils.cli import UserError, run_main
 from ffcv_utils.config import as_flat_dict, load_config
-from ffcv_utils.data import normalize, train_loader, val_loader
+from ffcv_utils.data import normalize, take_decode_failures, train_loader, val_loader
 from ffcv_utils.dataset_info import (atomic_write_text, class_list_mismatch, read_info,
                                      sidecar_path)
 from ffcv_utils.plot import plot_run
@@ -119,11 +119,25 @@ def make_loaders(p, env: du.DistEnv, num_workers: int):
         train = train_loader(p.data.train_dataset, batch_size=p.training.batch_size,
                              num_workers=num_workers, res=resolution_for(p, 0),
                              device=env.device, distributed=env.distributed,
-                             in_memory=bool(p.data.in_memory), seed=p.data.seed)
+                             in_memory=bool(p.data.in_memory), seed=p.data.seed,
+                             decoder=p.data.decoder)
     val = val_loader(p.data.val_dataset, batch_size=p.validation.batch_size,
                      num_workers=num_workers, res=p.validation.resolution, device=env.device,
-                     rank=env.rank, world_size=env.world_size, in_memory=bool(p.data.in_memory))
+                     rank=env.rank, world_size=env.world_size, in_memory=bool(p.data.in_memory),
+                     decoder=p.data.decoder)
     return train, val
+
+
+def warn_decode_failures(env: du.DistEnv, when: str, train_data, val) -> int:
+    """One line per epoch (or evaluation) when damaged JPEGs were met (decoded as far as possible, rest grey).
+    Counts are this process's (each rank decodes its own share)."""
+    failed = (train_data.take_failures() if train_data else 0) + take_decode_failures(val)
+    if failed:
+        who = f" on rank {env.rank}" if env.distributed else ""
+        print(f"=> warning: {when}: {failed} image(s) failed to decode{who} (damaged "
+              "JPEG in the beton: decoded as far as possible, the rest grey)",
+              file=sys.stderr, flush=True)
+    return failed
 
 
 def resolution_for(p, epoch: int) -> int:
@@ -412,6 +426,7 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     # Evaluation only ---------------------------------------------------------------------
     if p.training.eval_only:
         stats = evaluate(raw_model, val_loader, p, env, dtype, num_classes)
+        stats["decode_failures"] = warn_decode_failures(env, "evaluation", None, val_loader)
         source = str(resume_from or p.model.weights or f"torchvision {p.model.arch} weights")
         logger.log(dict(eval_only=True, weights=source, val_res=p.validation.resolution,
                         **stats))
@@ -444,6 +459,8 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
             top1 = record["top_1"]
         else:
             record.update(top_1=None, top_5=None, val_loss=None, val_images=None)
+        record["decode_failures"] = warn_decode_failures(env, f"epoch {epoch}", train_data,
+                                                         val_loader)
         record["epoch_seconds"] = time.perf_counter() - epoch_start
         is_best = top1 is not None and record["top_1"] is not None and top1 > best_top1
         if is_best:

@@ -3,11 +3,16 @@
 Rows (same images, same crop resolution, same worker count, RandomResizedCrop + horizontal
 flip, uint8 output, no model):
 
-* ``toolkit`` on a ``proportion`` beton (max_resolution 500, compress_probability 0.5,
-  jpeg_quality 90: the settings of the published ffcv ImageNet runs) and on an all-JPEG beton;
+* ``toolkit`` (``ffcv_utils.data.train_loader`` with its default, the fast decoder of
+  ``ffcv_utils/fast_decode.py``) on a ``proportion`` beton (max_resolution 500,
+  compress_probability 0.5, jpeg_quality 90: the settings of the published ffcv ImageNet runs)
+  and on an all-JPEG beton;
 * ``ffcv-stock``: an ffcv ``Loader`` built directly with ffcv's own decoder and transforms,
   exactly as ffcv-imagenet's ``train_imagenet.py`` builds it (less the normalisation, since
-  every row yields uint8), on the same proportion beton;
+  every row yields uint8), on the same proportion beton; ``ffcv-stock-jpg`` on the all-JPEG one;
+* ``val-fast`` / ``val-ffcv``: validation decoding (centre crop 224/256, file order) at
+  ``--val-res`` on the all-JPEG beton through ``ffcv_utils.data.val_loader`` with the fast and
+  the stock decoder;
 * ``torchvision``: ``ImageFolder`` + ``DataLoader`` (PIL decode, ``RandomResizedCrop``,
   ``RandomHorizontalFlip``, ``PILToTensor``), the baseline every ratio is taken against;
 * ``dali-cpu``: NVIDIA DALI's CPU pipeline, when ``nvidia.dali`` imports (``--dali-path`` may
@@ -35,12 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine_info, markdown_table, now, run_child  # noqa: E402
 
-ALL_LOADERS = ["toolkit-proportion", "toolkit-jpg", "ffcv-stock", "torchvision", "dali-cpu"]
+ALL_LOADERS = ["toolkit-proportion", "toolkit-jpg", "ffcv-stock", "ffcv-stock-jpg", "val-fast",
+               "val-ffcv", "torchvision", "dali-cpu"]
+# the stock-ffcv row each fast row is compared with (same beton, same work)
+STOCK_OF = {"toolkit-proportion": "ffcv-stock", "toolkit-jpg": "ffcv-stock-jpg",
+            "val-fast": "val-ffcv"}
 # Published ffcv ImageNet beton settings.
 PUBLISHED = dict(max_resolution=500, compress_probability=0.5, jpeg_quality=90)
-COLUMNS = ["loader", "beton_mode", "res", "workers", "batch_size", "img_per_s",
+COLUMNS = ["loader", "decoder", "beton_mode", "res", "workers", "batch_size", "img_per_s",
            "first_epoch_img_per_s", "dataset_bytes", "peak_rss_mb", "epochs", "images_per_epoch",
-           "setup_s", "ratio_vs_torchvision", "first_epoch_ratio_vs_torchvision", "writer",
+           "setup_s", "ratio_vs_torchvision", "first_epoch_ratio_vs_torchvision",
+           "ratio_vs_ffcv_stock", "cpu_ms_per_img", "cpu_ratio_vs_ffcv_stock", "writer",
            "load_1m_before", "load_1m_after", "rounds_img_per_s", "note"]
 
 
@@ -120,19 +130,36 @@ def ensure_betons(data_dir: Path, cache: Path, modes: list[str], workers: int,
 
 # --------------------------------------------------------------------------- children
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its live children (DataLoader workers):
+    unlike wall time, barely moved by other processes competing for the cores."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
 def _time_epochs(make_iter, epochs: int) -> dict:
     """Iterate ``epochs`` epochs; first epoch apart from the rest."""
-    times, counts = [], []
+    times, counts, cpu = [], [], []
     for _ in range(epochs):
         n = 0
-        t0 = now()
+        t0, c0 = now(), _cpu_seconds()
         for images, _labels in make_iter():
             n += images.shape[0]
         times.append(now() - t0)
+        cpu.append(_cpu_seconds() - c0)
         counts.append(n)
     steady_t = sum(times[1:])
     steady_n = sum(counts[1:])
     return {
+        "cpu_ms_per_img": sum(cpu[1:]) / steady_n * 1e3 if steady_n else float("nan"),
         "first_epoch_img_per_s": counts[0] / times[0],
         "img_per_s": steady_n / steady_t if steady_t > 0 else float("nan"),
         "images_per_epoch": counts[0],
@@ -183,6 +210,12 @@ def child_ffcv(args, stock: bool) -> dict:
                         order=OrderOption.RANDOM, os_cache=True, drop_last=True,
                         pipelines={"image": image_pipeline, "label": label_pipeline},
                         distributed=False)
+    elif args.child in ("val-fast", "val-ffcv"):
+        from ffcv_utils.data import val_loader
+
+        loader = val_loader(args.beton, batch_size=args.batch_size, num_workers=args.workers,
+                            res=args.val_res, device="cpu", in_memory=True,
+                            decoder=args.child.split("-")[1])
     else:
         from ffcv_utils.data import train_loader
 
@@ -248,9 +281,9 @@ def child_dali(args) -> dict:
 
 def child_main(args) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, args.workers)))
-    if args.child in ("toolkit-proportion", "toolkit-jpg"):
+    if args.child in ("toolkit-proportion", "toolkit-jpg", "val-fast", "val-ffcv"):
         result = child_ffcv(args, stock=False)
-    elif args.child == "ffcv-stock":
+    elif args.child in ("ffcv-stock", "ffcv-stock-jpg"):
         result = child_ffcv(args, stock=True)
     elif args.child == "torchvision":
         result = child_torchvision(args)
@@ -281,6 +314,7 @@ def run(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="ImageFolder root containing train/")
     parser.add_argument("--res", type=int, default=160)
+    parser.add_argument("--val-res", type=int, default=256, help="resolution of the val rows")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=4,
@@ -319,17 +353,21 @@ def run(argv: list[str] | None = None):
     modes = []
     if any(l in loaders for l in ("toolkit-proportion", "ffcv-stock")):
         modes.append("proportion")
-    if "toolkit-jpg" in loaders:
+    if any(l in loaders for l in ("toolkit-jpg", "ffcv-stock-jpg", "val-fast", "val-ffcv")):
         modes.append("jpg")
     betons = ensure_betons(data_dir, cache, modes, args.workers, fingerprint)
 
     info = machine_info("cpu")
     plans = []  # (row template, child argv, env) per loader, or a finished row when skipped
     for name in loaders:
-        row = {"loader": name, "res": args.res, "workers": args.workers,
-               "batch_size": args.batch_size, "epochs": args.epochs, "note": ""}
+        row = {"loader": name, "res": args.val_res if name.startswith("val-") else args.res,
+               "workers": args.workers, "batch_size": args.batch_size, "epochs": args.epochs,
+               "note": "", "decoder": ("ffcv" if name.startswith("ffcv-") or name == "val-ffcv"
+                                       else "fast" if name.startswith(("toolkit", "val-"))
+                                       else "none")}
         child = [sys.executable, str(Path(__file__).resolve()), "--child", name,
-                 "--data-dir", str(data_dir), "--res", str(args.res), "--workers",
+                 "--data-dir", str(data_dir), "--res", str(args.res),
+                 "--val-res", str(args.val_res), "--workers",
                  str(args.workers), "--batch-size", str(args.batch_size), "--epochs",
                  str(args.epochs), "--out", str(out)]
         env = dict(os.environ)
@@ -350,12 +388,14 @@ def run(argv: list[str] | None = None):
                 env["PYTHONPATH"] = args.dali_path + os.pathsep + env["PYTHONPATH"]
             row["note"] = "fn.decoders.image_random_crop + resize + flip, device_id=None"
         else:
-            mode = "jpg" if name == "toolkit-jpg" else "proportion"
+            mode = "proportion" if name in ("toolkit-proportion", "ffcv-stock") else "jpg"
             path, writer = betons[mode]
             child += ["--beton", str(path)]
             row.update(beton_mode=mode, dataset_bytes=path.stat().st_size, writer=writer)
-            row["note"] = ("ffcv Loader built as ffcv-imagenet builds it" if name == "ffcv-stock"
-                           else "ffcv_utils.data.train_loader")
+            row["note"] = ("ffcv Loader built as ffcv-imagenet builds it"
+                           if name.startswith("ffcv-stock")
+                           else "ffcv_utils.data.val_loader (centre crop 224/256)"
+                           if name.startswith("val-") else "ffcv_utils.data.train_loader")
         plans.append((row, child, env))
 
     # Rounds interleave the loaders, so a burst of load from elsewhere hits them alike; each
@@ -387,7 +427,8 @@ def run(argv: list[str] | None = None):
                                   load_1m_after=round(os.getloadavg()[0], 2),
                                   peak_rss_mb=round(peak_mb, 1),
                                   **{k: result[k] for k in ("img_per_s", "first_epoch_img_per_s",
-                                                            "images_per_epoch", "setup_s")})
+                                                            "images_per_epoch", "setup_s",
+                                                            "cpu_ms_per_img")})
     rows = []
     for row, _, _ in plans:
         r = best[row["loader"]]
@@ -403,13 +444,23 @@ def run(argv: list[str] | None = None):
         df["ratio_vs_torchvision"] = df.img_per_s / float(tv.img_per_s.iloc[0])
         df["first_epoch_ratio_vs_torchvision"] = (df.first_epoch_img_per_s /
                                                   float(tv.first_epoch_img_per_s.iloc[0]))
+    rate = dict(zip(df.loader, df.img_per_s))
+    df["ratio_vs_ffcv_stock"] = [
+        rate[l] / rate[STOCK_OF[l]] if STOCK_OF.get(l) in rate and rate[STOCK_OF[l]] else
+        float("nan") for l in df.loader]
+    cpu = dict(zip(df.loader, df.cpu_ms_per_img))
+    df["cpu_ratio_vs_ffcv_stock"] = [  # > 1: the row needs less CPU per image than stock
+        cpu[STOCK_OF[l]] / cpu[l] if STOCK_OF.get(l) in cpu and cpu[l] else float("nan")
+        for l in df.loader]
     df = df[COLUMNS]
     for k, v in info.items():
         df[k] = v
     df["images"] = len(files)
     df.to_csv(out, index=False)
-    show = df[["loader", "beton_mode", "img_per_s", "first_epoch_img_per_s",
-               "ratio_vs_torchvision", "dataset_bytes", "peak_rss_mb", "note"]].copy()
+    show = df[["loader", "decoder", "beton_mode", "res", "img_per_s", "first_epoch_img_per_s",
+               "ratio_vs_ffcv_stock", "cpu_ms_per_img", "cpu_ratio_vs_ffcv_stock",
+               "ratio_vs_torchvision", "dataset_bytes", "peak_rss_mb",
+               "note"]].copy()
     show["dataset_bytes"] = (show.dataset_bytes / 2**20).round(1)
     show = show.rename(columns={"dataset_bytes": "dataset_MiB"})
     print()

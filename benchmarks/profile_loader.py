@@ -14,8 +14,11 @@ of a beton, each alone, with ffcv's own compiled primitives (``ffcv.libffcv``):
   that still covers ``res`` over the crop) and ``decode_crop`` (decode only the crop's MCU rows/
   columns -- ffcv's ``imdecode`` can crop and scale, the decoder just never asks it to);
 
-and compares the sum with the loader's measured cost per image (one worker), the remainder
-being the pipeline's own overhead. The minimum over ``--repeats`` runs is kept, which is robust to
+and the same steps on the fast path (``ffcv_utils.fast_decode``, the toolkit's default since
+issue 7): ``fast decode`` (crop-first: only the crop's MCU rows/columns, at the DCT scale the
+decoder picks), ``fast resize+flip`` (area resize with the flip fused in, from the decoded crop
+or from raw pixels). Each path's sum is compared with its loader's measured cost per image (one
+worker, ``data.decoder`` fast and ffcv), the remainder being the pipeline's own overhead. The minimum over ``--repeats`` runs is kept, which is robust to
 other processes on the machine.
 
     python benchmarks/profile_loader.py --beton benchmarks/results/betons/<proportion>.beton --res 160
@@ -191,25 +194,73 @@ def main(argv=None):
     expected = frac_j * (decode_ms + resize_j) + (1 - frac_j) * resize_r + flip_ms
     rows.append({"step": "sum per image (mix of this beton)", "ms_per_image": expected,
                  "share_of": f"{frac_j:.0%} jpg"})
+    for row in rows:
+        row["path"] = "stock ffcv"
+
+    # the fast path on the same crops
+    from ffcv_utils import fast_decode
+
+    lib = fast_decode.library()
+    flips = {k: k % 2 for k in range(len(samples))}
+    slot = 63
+
+    def fast_decode_only(k, s):
+        _, h, w, data = s
+        i, j, ch, cw = crops[k]
+        lib.fj_decode_crop_resize(data.ctypes.data, data.size, h, w, i, j, ch, cw,
+                                  tmp.ctypes.data, tmp.size, None, res, res, 0,
+                                  int(fast_decode.FAST_DCT), fast_decode.HEADROOM, slot)
+
+    def fast_jpg(k, s):
+        _, h, w, data = s
+        i, j, ch, cw = crops[k]
+        lib.fj_decode_crop_resize(data.ctypes.data, data.size, h, w, i, j, ch, cw,
+                                  tmp.ctypes.data, tmp.size, dst.ctypes.data, res, res, flips[k],
+                                  int(fast_decode.FAST_DCT), fast_decode.HEADROOM, slot)
+
+    def fast_raw(k, s):
+        _, h, w, data = s
+        i, j, ch, cw = crops[k]
+        lib.fj_crop_resize(data.ctypes.data, h, w, i, j, ch, cw, dst.ctypes.data, res, res,
+                           flips[k])
+
+    fast_dec = per_image(fast_decode_only, jpg_items)
+    fast_j = per_image(fast_jpg, jpg_items)
+    fast_r = per_image(fast_raw, raw_items)
+    fast_expected = frac_j * fast_j + (1 - frac_j) * fast_r
+    rows += [
+        {"step": "fast decode (crop only, DCT-scaled)", "ms_per_image": fast_dec,
+         "share_of": "jpg"},
+        {"step": "fast resize+flip from decoded crop", "ms_per_image": fast_j - fast_dec,
+         "share_of": "jpg"},
+        {"step": "fast resize+flip from raw (page cache)", "ms_per_image": fast_r,
+         "share_of": "raw"},
+        {"step": "sum per image (mix of this beton)", "ms_per_image": fast_expected,
+         "share_of": f"{frac_j:.0%} jpg"},
+    ]
+    for row in rows[-4:]:
+        row["path"] = "fast"
     if args.loader_workers:
         from ffcv_utils.data import train_loader
 
-        loader = train_loader(args.beton, batch_size=64, num_workers=args.loader_workers,
-                              res=res, device="cpu").loader
-        for _ in loader:  # compile + page cache
-            pass
-        best = float("inf")
-        for _ in range(args.repeats):
-            t0 = now()
-            n = sum(images.shape[0] for images, _ in loader)
-            best = min(best, (now() - t0) / n * args.loader_workers * 1e3)
-        rows.append({"step": f"whole loader, {args.loader_workers} worker(s), ms x workers",
-                     "ms_per_image": best, "share_of": "all"})
-        rows.append({"step": "pipeline overhead (whole loader - sum)",
-                     "ms_per_image": best - expected, "share_of": "all"})
+        for decoder, path, sum_ms in (("ffcv", "stock ffcv", expected),
+                                      ("fast", "fast", fast_expected)):
+            loader = train_loader(args.beton, batch_size=64, num_workers=args.loader_workers,
+                                  res=res, device="cpu", decoder=decoder).loader
+            for _ in loader:  # compile + page cache
+                pass
+            best = float("inf")
+            for _ in range(args.repeats):
+                t0 = now()
+                n = sum(images.shape[0] for images, _ in loader)
+                best = min(best, (now() - t0) / n * args.loader_workers * 1e3)
+            rows.append({"step": f"whole loader, {args.loader_workers} worker(s), ms x workers",
+                         "ms_per_image": best, "share_of": "all", "path": path})
+            rows.append({"step": "pipeline overhead (whole loader - sum)",
+                         "ms_per_image": best - sum_ms, "share_of": "all", "path": path})
     import pandas as pd
 
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows)[["path", "step", "ms_per_image", "share_of"]]
     info = machine_info("cpu")
     print(f"{Path(args.beton).name}: {len(samples)} images ({n_j} jpg, {n_r} raw), mean "
           f"{mean_hw / 1e3:.0f} kpixel, mean jpg {mean_jpg_kb:.0f} KiB, res {res}; "

@@ -46,10 +46,19 @@ def render_loader(name: str, df) -> str:
     rows = []
     for r in df.itertuples(index=False):
         ok = r.img_per_s == r.img_per_s  # not NaN
+        stock_ratio = getattr(r, "ratio_vs_ffcv_stock", float("nan"))
         rows.append({
             "loader": r.loader,
+            "decoder": getattr(r, "decoder", "") if isinstance(getattr(r, "decoder", ""), str)
+            else "",
             "beton": r.beton_mode,
+            "res": int(r.res) if r.res == r.res else "",
             "img/s (steady)": r.img_per_s if ok else float("nan"),
+            "× stock ffcv": f"{stock_ratio:.2f}×" if stock_ratio == stock_ratio else "",
+            "CPU ms/img": getattr(r, "cpu_ms_per_img", float("nan")),
+            "× stock, CPU": (f"{r.cpu_ratio_vs_ffcv_stock:.2f}×"
+                             if getattr(r, "cpu_ratio_vs_ffcv_stock", float("nan")) ==
+                             getattr(r, "cpu_ratio_vs_ffcv_stock", float("nan")) else ""),
             "× torchvision": (f"{r.img_per_s / base:.2f}×" if ok and base else ""),
             "img/s (1st epoch)": r.first_epoch_img_per_s if ok else float("nan"),
             "1st epoch × tv": (f"{r.first_epoch_img_per_s / base_first:.2f}×"
@@ -115,7 +124,35 @@ def render_profile(name: str, df) -> str:
             f"({int(_first(df, 'jpg_images', 0))} stored as JPEG, mean "
             f"{_first(df, 'mean_kpixel')} kpixel), crop resized to {int(_first(df, 'res', 0))}px,"
             f" minimum of repeated runs. Measured on {machine_line(df)}.")
-    return head + "\n\n" + markdown_table(df[["step", "ms_per_image", "share_of"]])
+    cols = [c for c in ("path", "step", "ms_per_image", "share_of") if c in df.columns]
+    return head + "\n\n" + markdown_table(df[cols])
+
+
+def render_startup(name: str, df) -> str:
+    """benchmarks/startup.py: time to the first batch, and after a resolution change."""
+    cols = ["decoder", "build_s", "first_batch_s", "epoch1_s", "first_batch_res2_s", "epoch2_s"]
+    head = (f"**Start-up** (`{name}`, `benchmarks/startup.py`): a fresh process per decoder, "
+            f"`train_loader` at {int(_first(df, 'res', 0))} px, {int(_first(df, 'workers', 0))} "
+            f"workers, batch {int(_first(df, 'batch_size', 0))}, on `{_first(df, 'beton')}`; "
+            f"seconds to build the Loader, to its first batch (numba compiles the pipeline "
+            f"then), for the rest of the epoch, and the same after `set_resolution("
+            f"{int(_first(df, 'res2', 0))})`. Measured on {machine_line(df)}.")
+    return head + "\n\n" + markdown_table(df[[c for c in cols if c in df.columns]])
+
+
+def render_accuracy(name: str, df) -> str:
+    """benchmarks/decoder_accuracy.py: the digits demo trained with each decoder."""
+    summary = df.groupby("decoder", sort=False).agg(
+        runs=("top_1", "size"), seeds=("seed", lambda s: ", ".join(str(int(v)) for v in s)),
+        top_1_mean=("top_1", "mean"), top_1_min=("top_1", "min"), top_1_max=("top_1", "max"),
+        train_loss_mean=("train_loss", "mean"), wall_s_mean=("wall_s", "mean")).reset_index()
+    head = (f"**Same accuracy with the fast decoder** (`{name}`, "
+            f"`benchmarks/decoder_accuracy.py`): the digits demo recipe "
+            f"(`rn18_configs/rn18_demo.yaml`, 5 epochs) through the trainer with "
+            f"`--data.decoder fast` and `ffcv`, same seeds, interleaved; final top-1 on the 363 val "
+            f"images. Augmentation randomness is not seeded (ffcv's numba generators), so runs "
+            f"with one seed differ by themselves. Measured on {machine_line(df)}.")
+    return head + "\n\n" + markdown_table(summary)
 
 
 def render(results: Path) -> str:
@@ -134,6 +171,12 @@ def render(results: Path) -> str:
     for p in csvs:
         if "step" in pd.read_csv(p, nrows=0).columns:
             blocks.append(render_profile(p.name, pd.read_csv(p)))
+    for p in csvs:
+        cols = pd.read_csv(p, nrows=0).columns
+        if "first_batch_s" in cols:
+            blocks.append(render_startup(p.name, pd.read_csv(p)))
+        if "top_1" in cols and "decoder" in cols:
+            blocks.append(render_accuracy(p.name, pd.read_csv(p)))
     notes = results / "NOTES.md"
     if notes.exists():
         blocks.append(notes.read_text().strip())

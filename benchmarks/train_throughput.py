@@ -147,12 +147,12 @@ def endless(loader):
         yield from loader
 
 
-def open_e2e(bench, beton, batch_size, res, workers):
+def open_e2e(bench, beton, batch_size, res, workers, decoder="fast"):
     """The toolkit's training loader on ``beton``, and an endless iterator over it."""
     from ffcv_utils.data import train_loader
 
     td = train_loader(str(beton), batch_size=batch_size, num_workers=workers, res=res,
-                      device=bench.device, in_memory=True, seed=0)
+                      device=bench.device, in_memory=True, seed=0, decoder=decoder)
     return td, endless(td.loader)
 
 
@@ -248,6 +248,8 @@ def run(argv: list[str] | None = None):
                         "all cores)")
     parser.add_argument("--e2e-variant", default=None,
                         help="variant for e2e (default: the last of --variants)")
+    parser.add_argument("--decoder", default="fast", choices=["fast", "ffcv"],
+                        help="the e2e loader's image decoder (data.decoder)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -337,12 +339,14 @@ def run(argv: list[str] | None = None):
                 if key not in model_rate:
                     model_rate[key] = bench.time_model("train", args.batch_size, res,
                                                        args.warmup, args.steps)
-            td, batches = open_e2e(bench, beton, args.batch_size, train_res[0], workers)
+            td, batches = open_e2e(bench, beton, args.batch_size, train_res[0], workers,
+                                   args.decoder)
             for res in train_res:
                 key = (arch, v["name"], res, "train")
                 e2e, loader_only = time_e2e(bench, td, batches, res, args.warmup, args.steps)
                 ratio = e2e / model_rate[key]
-                note = (f"toolkit train_loader on a {n_images}-image proportion beton "
+                note = (f"toolkit train_loader ({args.decoder} decoder) on a {n_images}-image "
+                        f"proportion beton "
                         f"({Path(beton).stat().st_size / 2**20:.0f} MiB); uint8 -> normalize")
                 add(arch=arch, mode="e2e", variant=v["name"], res=res,
                     batch_size=args.batch_size, steps=args.steps, img_per_s=e2e,

@@ -105,6 +105,8 @@ def declare_sections(cfg: Config) -> Config:
         seed=Param(INT, "seed for data order, augmentation and model init", default=0),
         loader_timeout=Param(FLOAT, "seconds a loader may produce no batch before the run is "
                                     "ended as stuck (0: wait forever)", default=600),
+        decoder=Param(OneOf(["fast", "ffcv"]), "image decoding: fast (crop first, DCT-scaled; "
+                      "ffcv_utils/fast_decode.py) or ffcv (the stock decoders)", default="fast"),
     )
     section("dist", "distributed training (launch with torchrun)").params(
         world_size=Param(INT, "processes the config was written for", default=1),
@@ -366,6 +368,12 @@ def check_values(p: SimpleNamespace) -> None:
     _need(p.data.loader_timeout >= 0, "data.loader_timeout",
           f"must be >= 0 seconds, got {p.data.loader_timeout}")
     _need(p.data.gpu >= 0, "data.gpu", f"must be >= 0, got {p.data.gpu}")
+    if p.data.decoder == "fast":
+        from ffcv_utils import fast_decode
+
+        _need(fast_decode.available(), "data.decoder",
+              "the fast decoder's C extension is not built: run `make install`, "
+              "or use --data.decoder ffcv")
     _need(p.model.num_classes >= 0, "model.num_classes",
           f"must be >= 0, got {p.model.num_classes}")
     _need(p.logging.log_level in (0, 1, 2), "logging.log_level",

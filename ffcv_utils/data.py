@@ -22,6 +22,9 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # FixRes / standard evaluation: centre crop of 224/256 of the shorter side.
 DEFAULT_CROP_RATIO = 224 / 256
+# Image decoders: "fast" (ffcv_utils.fast_decode: crop-first, DCT-scaled) or ffcv's stock ones.
+DECODERS = ("fast", "ffcv")
+DEFAULT_DECODER = "fast"
 
 
 @dataclass
@@ -44,6 +47,42 @@ class TrainData:
     def resolution(self) -> int:
         return int(self.decoder.output_size[0])
 
+    def take_failures(self) -> int:
+        """Samples whose JPEG failed to decode since the last call (fast decoder only)."""
+        return take_decode_failures(self.decoder)
+
+
+def take_decode_failures(decoder_or_loader) -> int:
+    """Count of damaged samples (decoded as far as possible, rest grey) since the last call,
+    for a fast decoder or a loader built by ``val_loader``; 0 for the stock decoders."""
+    decoder = getattr(decoder_or_loader, "image_decoder", decoder_or_loader)
+    take = getattr(decoder, "take_failures", None)
+    return int(take()) if take else 0
+
+
+def _train_image_ops(res: int, decoder: str):
+    """(decoder op, ops up to ToTensor) for RandomResizedCrop + flip."""
+    if decoder == "fast":
+        from ffcv_utils import fast_decode
+
+        op = fast_decode.random_resized_crop((res, res))  # flip fused into the resize
+        return op, [op]
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.transforms import RandomHorizontalFlip
+
+    op = RandomResizedCropRGBImageDecoder((res, res))
+    return op, [op, RandomHorizontalFlip()]
+
+
+def _center_crop_op(res: int, ratio: float, decoder: str):
+    if decoder == "fast":
+        from ffcv_utils import fast_decode
+
+        return fast_decode.center_crop((res, res), ratio=ratio)
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
+
+    return CenterCropRGBImageDecoder((res, res), ratio=ratio)
+
 
 def _label_pipeline(device):
     from ffcv.fields.basics import IntDecoder
@@ -63,16 +102,16 @@ def _image_tail(device):
 def train_loader(path: str, *, batch_size: int, num_workers: int, res: int,
                  device: torch.device | str = "cpu", distributed: bool = False,
                  in_memory: bool = True, seed: int = 0, drop_last: bool = True,
-                 batches_ahead: int = 3) -> TrainData:
-    """RandomResizedCrop + flip at ``res``; random order, identical on every rank for a seed."""
-    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+                 batches_ahead: int = 3, decoder: str = DEFAULT_DECODER) -> TrainData:
+    """RandomResizedCrop + flip at ``res``; random order, identical on every rank for a seed.
+
+    ``decoder``: "fast" or "ffcv" (see ``DECODERS``)."""
     from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import RandomHorizontalFlip
 
     check_beton(path)  # a cut or foreign file: one line here, not ffcv's traceback
     device = torch.device(device)
-    decoder = RandomResizedCropRGBImageDecoder((res, res))
-    image = [decoder, RandomHorizontalFlip(), *_image_tail(device)]
+    op, ops = _train_image_ops(res, decoder)
+    image = [*ops, *_image_tail(device)]
     # QUASI_RANDOM reads less from disk when the set does not fit in the page cache,
     # but ffcv does not support it with distributed=True.
     order = OrderOption.RANDOM if (in_memory or distributed) else OrderOption.QUASI_RANDOM
@@ -80,7 +119,7 @@ def train_loader(path: str, *, batch_size: int, num_workers: int, res: int,
                     os_cache=in_memory, drop_last=drop_last, distributed=distributed,
                     seed=seed, batches_ahead=batches_ahead,
                     pipelines={"image": image, "label": _label_pipeline(device)})
-    return TrainData(watch(loader, path), decoder)
+    return TrainData(watch(loader, path), op)
 
 
 def shard_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
@@ -94,9 +133,11 @@ def shard_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
 
 def val_loader(path: str, *, batch_size: int, num_workers: int, res: int,
                device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-               crop_ratio: float = DEFAULT_CROP_RATIO, in_memory: bool = True):
-    """Centre crop at ``res`` in file order; under DDP each rank gets a disjoint shard."""
-    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
+               crop_ratio: float = DEFAULT_CROP_RATIO, in_memory: bool = True,
+               decoder: str = DEFAULT_DECODER):
+    """Centre crop at ``res`` in file order; under DDP each rank gets a disjoint shard.
+
+    The loader's ``image_decoder`` is the decoder op (``take_decode_failures`` reads it)."""
     from ffcv.loader import Loader, OrderOption
     from ffcv.reader import Reader
 
@@ -105,11 +146,14 @@ def val_loader(path: str, *, batch_size: int, num_workers: int, res: int,
     indices = None
     if world_size > 1:
         indices = shard_indices(Reader(path).num_samples, rank, world_size)
-    image = [CenterCropRGBImageDecoder((res, res), ratio=crop_ratio), *_image_tail(device)]
-    return watch(Loader(path, batch_size=batch_size, num_workers=num_workers,
-                        order=OrderOption.SEQUENTIAL, os_cache=in_memory, drop_last=False,
-                        indices=indices, seed=0,
-                        pipelines={"image": image, "label": _label_pipeline(device)}), path)
+    op = _center_crop_op(res, crop_ratio, decoder)
+    loader = Loader(path, batch_size=batch_size, num_workers=num_workers,
+                    order=OrderOption.SEQUENTIAL, os_cache=in_memory, drop_last=False,
+                    indices=indices, seed=0,
+                    pipelines={"image": [op, *_image_tail(device)],
+                               "label": _label_pipeline(device)})
+    loader.image_decoder = op
+    return watch(loader, path)
 
 
 @functools.lru_cache(maxsize=None)

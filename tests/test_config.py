@@ -116,6 +116,7 @@ validation:
     (["--training.use_blurpool", "maybe"], "training.use_blurpool: expected 0 or 1"),
     (["--lr.lr_schedule_type", "linear"], "lr.lr_schedule_type: expected One of"),
     (["--training.precision", "fp8"], "training.precision: expected One of"),
+    (["--data.decoder", "turbo"], "data.decoder: expected One of"),
     (["--resolution.min_res", "-32"], "resolution.min_res: must be at least 8"),
     (["--resolution.min_res", "224", "--resolution.max_res", "192"],
      "resolution.min_res: 224 is larger than resolution.max_res 192"),

@@ -1,0 +1,340 @@
+/* Fast crop-decode-resize for the training/validation loaders (issue 7).
+ *
+ * Loaded with ctypes (see ffcv_utils/fast_decode.py) and called from numba-compiled pipeline
+ * code, one call per sample:
+ *   - fj_decode_crop_resize: JPEG bytes -> decode only the crop (smallest DCT scale M/8 that keeps
+ *     the crop >= the output, only the MCU columns/rows covering it, stop after its last row),
+ *     then the antialiased resize below, flip fused in.
+ *   - fj_crop_resize: the same resize for raw (uncompressed HWC RGB) samples.
+ * Resize = separable area average (INTER_AREA's definition) on the DCT-scaled crop, whose
+ * remaining reduction factor is mostly below 2, so it touches few pixels.
+ * libjpeg's default error handler calls exit(); ours longjmps back and the sample becomes
+ * "decoded as far as possible, rest grey" (or all grey), counted in a per-loader slot.
+ */
+#include <stdio.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <setjmp.h>
+#include <math.h>
+#include <jpeglib.h>
+
+#define FJ_SLOTS 64
+static volatile int64_t fj_failures[FJ_SLOTS];
+
+int64_t fj_failure_count(int32_t slot) {
+    if (slot < 0 || slot >= FJ_SLOTS) return -1;
+    return __atomic_load_n(&fj_failures[slot], __ATOMIC_RELAXED);
+}
+
+int64_t fj_take_failures(int32_t slot) {
+    if (slot < 0 || slot >= FJ_SLOTS) return -1;
+    return __atomic_exchange_n(&fj_failures[slot], 0, __ATOMIC_RELAXED);
+}
+
+static void count_failure(int32_t slot) {
+    if (slot >= 0 && slot < FJ_SLOTS) __atomic_add_fetch(&fj_failures[slot], 1, __ATOMIC_RELAXED);
+}
+
+/* ---------------------------------------------------------------- resize */
+
+/* Per-axis resampling table: output index v reads n[v] source pixels from start[v] with weights
+ * w[v*taps ...]: the exact area average over [x0 + v f, x0 + (v+1) f), f = in/out, as OpenCV's
+ * INTER_AREA when both axes shrink. */
+struct axis {
+    int *start, *n;
+    float *w;
+    int taps;
+};
+
+static int axis_init(struct axis *ax, double x0, double len, int out, int limit, int enlarging) {
+    double f = len / out;
+    ax->taps = enlarging ? 2 : (int)ceil(f) + 1;
+    ax->start = (int *)malloc(sizeof(int) * out);
+    ax->n = (int *)malloc(sizeof(int) * out);
+    ax->w = (float *)malloc(sizeof(float) * out * ax->taps);
+    if (!ax->start || !ax->n || !ax->w) return -1;
+    if (enlarging) {
+        /* OpenCV's INTER_AREA when either axis grows: two taps per axis, weights from where the
+         * output pixel's edges fall (the crop starts on a whole pixel here: no DCT scaling). */
+        int base = (int)floor(x0), n = (int)floor(len + 0.5);
+        if (n < 1) n = 1;
+        if (base + n > limit) n = limit - base;
+        for (int v = 0; v < out; v++) {
+            float *w = ax->w + (int64_t)v * 2;
+            int sx = (int)floor(v * f);
+            double fx = (v + 1) - (sx + 1) / f;
+            fx = fx <= 0 ? 0 : fx - floor(fx);
+            if (sx >= n - 1) { sx = n - 1; fx = 0; }
+            ax->start[v] = base + sx;
+            w[0] = (float)(1 - fx);
+            w[1] = (float)fx;
+            ax->n[v] = fx > 0 ? 2 : 1;
+        }
+        return 0;
+    }
+    for (int v = 0; v < out; v++) {
+        float *w = ax->w + (int64_t)v * ax->taps;
+        double a = x0 + v * f, b = a + f;
+        if (a < 0) a = 0;
+        if (b > limit) b = limit;
+        if (b <= a) { a = b - 1; if (a < 0) { a = 0; b = 1 < limit ? 1 : limit; } }
+        int s = (int)floor(a), k = 0;
+        double tot = 0;
+        for (int x = s; x < b && k < ax->taps; x++, k++) {
+            double lo = x > a ? x : a, hi = x + 1 < b ? x + 1 : b;
+            w[k] = (float)(hi - lo);
+            tot += hi - lo;
+        }
+        for (int q = 0; q < k; q++) w[q] = (float)(w[q] / tot);
+        ax->start[v] = s;
+        ax->n[v] = k;
+    }
+    return 0;
+}
+
+static void axis_free(struct axis *ax) { free(ax->start); free(ax->n); free(ax->w); }
+
+/* Resample the float box (y0, x0, h, w) of an HWC RGB buffer (rows of `stride` bytes, `bh` x `bw`
+ * valid pixels) into dst (oh x ow x 3, contiguous), mirrored left-right when flip != 0.
+ * Separable, vertical pass first: per output row, the source rows it covers are summed with
+ * their weights over the crop's columns (a contiguous loop the compiler vectorises), then that
+ * one row is resampled horizontally. */
+static int resize_box(const uint8_t *src, int bh, int bw, int64_t stride,
+                      double y0, double x0, double h, double w,
+                      uint8_t *dst, int oh, int ow, int flip) {
+    if (bh <= 0 || bw <= 0 || oh <= 0 || ow <= 0) return -1;
+    if (h <= 0) h = 1;
+    if (w <= 0) w = 1;
+    struct axis ax = {0}, ay = {0};
+    int enlarging = w < ow || h < oh;
+    if (axis_init(&ax, x0, w, ow, bw, enlarging) || axis_init(&ay, y0, h, oh, bh, enlarging)) {
+        axis_free(&ax); axis_free(&ay);
+        return -2;
+    }
+    int cx0 = ax.start[0], cx1 = ax.start[ow - 1] + ax.n[ow - 1];
+    int n = 3 * (cx1 - cx0), T = ax.taps;
+    /* every output column reads T taps (zero weights past its own): fixed-length loops the
+     * compiler unrolls; the padding after the crop's columns is zeroed, so 0 x pad = 0 */
+    float *acc = (float *)calloc((size_t)(n + 3 * T + 3), sizeof(float));
+    if (!acc) { axis_free(&ax); axis_free(&ay); return -2; }
+    for (int v = 0; v < ow; v++) {
+        float *wx = ax.w + (int64_t)v * T;
+        for (int q = ax.n[v]; q < T; q++) wx[q] = 0.f;
+        ax.start[v] = 3 * (ax.start[v] - cx0);
+    }
+    for (int u = 0; u < oh; u++) {
+        const float *wy = ay.w + (int64_t)u * ay.taps;
+        const uint8_t *r0 = src + (int64_t)ay.start[u] * stride + 3 * cx0;
+        int k = ay.n[u];
+        if (k == 1) {
+            for (int q = 0; q < n; q++) acc[q] = r0[q];
+        } else if (k == 2) {
+            const uint8_t *r1 = r0 + stride;
+            float w0 = wy[0], w1 = wy[1];
+            for (int q = 0; q < n; q++) acc[q] = w0 * r0[q] + w1 * r1[q];
+        } else {
+            const uint8_t *r1 = r0 + stride, *r2 = r1 + stride;
+            float w0 = wy[0], w1 = wy[1], w2 = wy[2];
+            for (int q = 0; q < n; q++) acc[q] = w0 * r0[q] + w1 * r1[q] + w2 * r2[q];
+            for (int j = 3; j < k; j++) {
+                const uint8_t *r = r0 + (int64_t)j * stride;
+                float wj = wy[j];
+                for (int q = 0; q < n; q++) acc[q] += wj * r[q];
+            }
+        }
+        uint8_t *drow = dst + (int64_t)u * ow * 3;
+        int step = flip ? -3 : 3;
+        uint8_t *d = drow + (flip ? 3 * (ow - 1) : 0);
+#define FJ_HPASS(TAPS)                                                                  \
+        for (int v = 0; v < ow; v++, d += step) {                                       \
+            const float *wx = ax.w + (int64_t)v * (TAPS);                               \
+            const float *p = acc + ax.start[v];                                         \
+            float s0 = 0.5f, s1 = 0.5f, s2 = 0.5f;                                      \
+            for (int q = 0; q < (TAPS); q++) {                                          \
+                s0 += wx[q] * p[3 * q]; s1 += wx[q] * p[3 * q + 1];                     \
+                s2 += wx[q] * p[3 * q + 2];                                             \
+            }                                                                           \
+            d[0] = s0 <= 0.f ? 0 : s0 >= 255.f ? 255 : (uint8_t)s0;                     \
+            d[1] = s1 <= 0.f ? 0 : s1 >= 255.f ? 255 : (uint8_t)s1;                     \
+            d[2] = s2 <= 0.f ? 0 : s2 >= 255.f ? 255 : (uint8_t)s2;                     \
+        }
+        switch (T) {
+            case 2: FJ_HPASS(2) break;
+            case 3: FJ_HPASS(3) break;
+            case 4: FJ_HPASS(4) break;
+            default: FJ_HPASS(T) break;
+        }
+#undef FJ_HPASS
+    }
+    free(acc); axis_free(&ax); axis_free(&ay);
+    return 0;
+}
+
+int fj_crop_resize(const uint8_t *src, int32_t height, int32_t width,
+                   int32_t crop_y, int32_t crop_x, int32_t crop_h, int32_t crop_w,
+                   uint8_t *dst, int32_t out_h, int32_t out_w, int32_t flip) {
+    return resize_box(src, height, width, (int64_t)width * 3, crop_y, crop_x, crop_h, crop_w,
+                      dst, out_h, out_w, flip);
+}
+
+/* ---------------------------------------------------------------- decode */
+
+struct fj_error {
+    struct jpeg_error_mgr mgr;
+    jmp_buf jump;
+    int warnings;
+};
+
+static void fj_error_exit(j_common_ptr cinfo) {
+    struct fj_error *err = (struct fj_error *)cinfo->err;
+    longjmp(err->jump, 1);
+}
+
+static void fj_emit_message(j_common_ptr cinfo, int level) {
+    /* level -1: a warning, i.e. corrupt data libjpeg worked around (e.g. premature end of file) */
+    if (level < 0) ((struct fj_error *)cinfo->err)->warnings++;
+}
+
+static void fj_output_message(j_common_ptr cinfo) { (void)cinfo; }
+
+static void fill_grey(uint8_t *p, int64_t n) { memset(p, 128, (size_t)n); }
+
+/* per-thread scratch for decoded regions: grows to the largest region seen, lives as long as
+ * the (long-lived) loader thread */
+static __thread uint8_t *tls_buf = NULL;
+static __thread uint64_t tls_size = 0;
+
+static uint8_t *thread_buffer(uint64_t need) {
+    if (need > tls_size) {
+        uint8_t *p = (uint8_t *)realloc(tls_buf, need);
+        if (!p) return NULL;
+        tls_buf = p;
+        tls_size = need;
+    }
+    return tls_buf;
+}
+
+/* Decode the crop (crop_y, crop_x, crop_h, crop_w; full-resolution pixels) of a JPEG and resize it
+ * to out_h x out_w into dst (mirrored when flip; fast_dct: libjpeg's IFAST IDCT at full scale).
+ * `tmp` (tmp_size bytes) holds the decoded region (height*width*3 bytes always suffice); NULL uses
+ * a buffer kept per thread, which stays in cache from one image to the next. Returns 0 on success, 1 when the JPEG was damaged (decoded as far as possible,
+ * rest grey), 2 when nothing could be decoded (all grey); damaged samples are counted in `slot`. */
+int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, int32_t width,
+                          int32_t crop_y, int32_t crop_x, int32_t crop_h, int32_t crop_w,
+                          uint8_t *tmp, uint64_t tmp_size,
+                          uint8_t *dst, int32_t out_h, int32_t out_w, int32_t flip,
+                          int32_t fast_dct, double headroom, int32_t slot) {
+    struct jpeg_decompress_struct cinfo;
+    struct fj_error err;
+    volatile int started = 0, rows_read = 0;
+    volatile int buf_h = 0, buf_w = 0;
+    uint8_t *volatile buf = tmp;
+    volatile double sy0 = 0, sx0 = 0, sh = 0, sw = 0;
+    volatile int region_x = 0;
+    int64_t dst_bytes = (int64_t)out_h * out_w * 3;
+
+    memset(&cinfo, 0, sizeof(cinfo));
+    cinfo.err = jpeg_std_error(&err.mgr);
+    err.mgr.error_exit = fj_error_exit;
+    err.mgr.emit_message = fj_emit_message;
+    err.mgr.output_message = fj_output_message;
+    err.warnings = 0;
+
+    if (setjmp(err.jump)) {
+        /* libjpeg gave up: keep what was decoded, grey for the rest */
+        if (started && rows_read > 0) {
+            int stride = buf_w * 3;
+            fill_grey(buf + (int64_t)rows_read * stride, (int64_t)(buf_h - rows_read) * stride);
+            if (dst != NULL)
+                resize_box(buf, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw,
+                           dst, out_h, out_w, flip);
+            jpeg_destroy_decompress(&cinfo);
+            count_failure(slot);
+            return 1;
+        }
+        jpeg_destroy_decompress(&cinfo);
+        if (dst != NULL) fill_grey(dst, dst_bytes);
+        count_failure(slot);
+        return 2;
+    }
+
+    jpeg_create_decompress(&cinfo);
+    if (size == 0 || data == NULL) fj_error_exit((j_common_ptr)&cinfo);
+    jpeg_mem_src(&cinfo, data, (unsigned long)size);
+    jpeg_read_header(&cinfo, TRUE);
+    if ((int)cinfo.image_width != width || (int)cinfo.image_height != height) {
+        /* metadata disagrees with the stream: scale the crop into the stream's frame */
+        double fy = (double)cinfo.image_height / height, fx = (double)cinfo.image_width / width;
+        crop_y = (int32_t)(crop_y * fy); crop_h = (int32_t)ceil(crop_h * fy);
+        crop_x = (int32_t)(crop_x * fx); crop_w = (int32_t)ceil(crop_w * fx);
+        height = cinfo.image_height; width = cinfo.image_width;
+    }
+    if (crop_h < 1) crop_h = 1;
+    if (crop_w < 1) crop_w = 1;
+    cinfo.out_color_space = JCS_RGB;
+    if (fast_dct) cinfo.dct_method = JDCT_IFAST;
+    /* smallest DCT scale M/8 keeping the crop at least `headroom` times as large as the output:
+     * libjpeg's reduced IDCTs alias, and the area average after them hides it when it has a
+     * factor of about 2 left to average over */
+    if (headroom < 1.0) headroom = 1.0;
+    int m = 1;
+    while (m < 8 && (crop_h * m < headroom * out_h * 8 || crop_w * m < headroom * out_w * 8)) m++;
+    cinfo.scale_num = m;
+    cinfo.scale_denom = 8;
+    jpeg_calc_output_dimensions(&cinfo);
+    double fy = (double)cinfo.output_height / height, fx = (double)cinfo.output_width / width;
+    sy0 = crop_y * fy; sh = crop_h * fy;
+    sx0 = crop_x * fx; sw = crop_w * fx;
+
+    int oy0 = (int)floor(sy0), oy1 = (int)ceil(sy0 + sh);
+    int ox0 = (int)floor(sx0), ox1 = (int)ceil(sx0 + sw);
+    if (oy0 < 0) oy0 = 0;
+    if (ox0 < 0) ox0 = 0;
+    if (oy1 > (int)cinfo.output_height) oy1 = cinfo.output_height;
+    if (ox1 > (int)cinfo.output_width) ox1 = cinfo.output_width;
+    if (oy0 >= oy1) oy0 = oy1 - 1;
+    if (ox0 >= ox1) ox0 = ox1 - 1;
+    sy0 = sy0 - oy0;  /* rows before oy0 are skipped: the buffer starts at oy0 */
+
+    jpeg_start_decompress(&cinfo);
+    JDIMENSION xoff = (JDIMENSION)ox0, cw = (JDIMENSION)(ox1 - ox0);
+    if (cw < cinfo.output_width) jpeg_crop_scanline(&cinfo, &xoff, &cw);
+    region_x = (int)xoff;
+    buf_w = (int)cinfo.output_width;  /* after crop_scanline: the cropped width */
+    buf_h = oy1 - oy0;
+    uint64_t need = (uint64_t)buf_w * buf_h * 3;
+    if (tmp == NULL) buf = thread_buffer(need);
+    if (buf == NULL || (tmp != NULL && need > tmp_size)) {
+        /* out of memory, or a caller's buffer too small (cannot happen for height*width*3) */
+        jpeg_abort_decompress(&cinfo);
+        jpeg_destroy_decompress(&cinfo);
+        if (dst != NULL) fill_grey(dst, dst_bytes);
+        count_failure(slot);
+        return 2;
+    }
+    started = 1;
+    if (oy0 > 0) jpeg_skip_scanlines(&cinfo, (JDIMENSION)oy0);
+    int stride = buf_w * 3;
+    /* several rows per call: with 2x2 chroma subsampling libjpeg makes rows in pairs, and a
+     * one-row request costs an extra copy through its spare row */
+    JSAMPROW rows[16];
+    while (rows_read < buf_h) {
+        int want = buf_h - rows_read < 16 ? buf_h - rows_read : 16;
+        for (int k = 0; k < want; k++) rows[k] = buf + (int64_t)(rows_read + k) * stride;
+        JDIMENSION got = jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)want);
+        if (got == 0) break;
+        rows_read += got;
+    }
+    if (rows_read < buf_h) fill_grey(buf + (int64_t)rows_read * stride, (int64_t)(buf_h - rows_read) * stride);
+    /* stop here: the rows below the crop are never decoded */
+    jpeg_abort_decompress(&cinfo);
+    jpeg_destroy_decompress(&cinfo);
+    if (dst != NULL)  /* NULL: decode only (benchmarks/profile_loader.py times the two apart) */
+        resize_box(buf, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw, dst, out_h, out_w, flip);
+    if (err.warnings || rows_read < buf_h) {
+        count_failure(slot);
+        return 1;
+    }
+    return 0;
+}
