@@ -10,6 +10,7 @@ ffcv_utils/config.py (``--help`` lists them); the reusable parts in ffcv_utils/.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,7 +33,9 @@ from ffcv_utils.plot import plot_run
 from ffcv_utils.logging import JsonlLogger, SumMeter
 from ffcv_utils import telemetry
 from ffcv_utils.tracking import Trackers
-from ffcv_utils.models import create_model, param_groups
+from ffcv_utils.models import create_model
+from ffcv_utils.recipe import (Recipe, accumulation_groups, build_batch_augment,
+                               build_criterion, build_ema, build_optimizer)
 from ffcv_utils.schedules import epoch_lrs, resolution_at, scaled_lr
 
 # How often (in iterations) distributed ranks agree on whether a stop signal arrived: each check
@@ -137,7 +140,10 @@ def resolution_for(p, epoch: int) -> int:
 def effective_lr(p, meta, env: du.DistEnv) -> tuple[float, str]:
     """lr.lr scaled from the batch the config was written for to the real global batch."""
     reference = p.lr.batch_size_for_lr or meta["recipe_batch_size"] * meta["recipe_world_size"]
-    actual = p.training.batch_size * env.world_size
+    reference = reference * (meta.get("recipe_accum_steps", 1) if not p.lr.batch_size_for_lr
+                             else 1)
+    accum = p.training.accum_steps
+    actual = p.training.batch_size * env.world_size * accum
     if actual == reference:
         return p.lr.lr, f"lr {p.lr.lr:g} for global batch {actual}"
     if not p.lr.scale_lr:
@@ -145,7 +151,8 @@ def effective_lr(p, meta, env: du.DistEnv) -> tuple[float, str]:
                          f"(written for {reference}; lr.scale_lr is 0)")
     lr = scaled_lr(p.lr.lr, actual, reference)
     return lr, (f"lr scaled linearly {p.lr.lr:g} -> {lr:g}: global batch {actual} "
-                f"({p.training.batch_size} x {env.world_size} processes) instead of {reference} "
+                f"({p.training.batch_size} x {env.world_size} processes x {accum} accumulation "
+                f"steps) instead of {reference} "
                 "(turn off with --lr.scale_lr 0)")
 
 
@@ -183,8 +190,26 @@ def inputs(images: torch.Tensor, dtype: torch.dtype | None, channels_last: bool)
 # Train and validate one epoch
 # ---------------------------------------------------------------------------------------------
 
-def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype, stop, epoch,
-                trackers=None):
+def train_step(model, images, labels, recipe, p, env, dtype, epoch, i, group,
+               steps_now) -> torch.Tensor:
+    """Forward and backward of one micro-batch; the optimizer steps after the last of its
+    accumulation group (``group`` micro-batches). DDP skips the all-reduce on the others."""
+    prepare = lambda im: inputs(im, dtype, bool(p.training.channels_last))  # noqa: E731
+    if recipe.augment is not None:
+        x, targets = recipe.augment(images, labels, prepare, epoch, i)
+    else:
+        x, targets = prepare(images), labels
+    sync = contextlib.nullcontext() if steps_now or not env.distributed else model.no_sync()
+    with sync:
+        with autocast(env.device, dtype):
+            loss = recipe.criterion(model(x), targets)
+        recipe.scaler.scale(loss / group).backward()
+    if steps_now:
+        recipe.optimizer_step()
+    return loss
+
+
+def train_epoch(model, loader, recipe, lrs, p, env, dtype, stop, epoch, trackers=None):
     from tqdm import tqdm
 
     model.train()
@@ -193,6 +218,7 @@ def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype,
     bar = tqdm(total=iters, desc=f"epoch {epoch}", disable=not env.is_main, leave=False,
                dynamic_ncols=True, file=sys.stderr)
     iterator = iter(loader)
+    groups = accumulation_groups(iters, p.training.accum_steps)
     wait = telemetry.DataWait()
     telemetry.start_epoch(env.device)
     start = time.perf_counter()
@@ -203,15 +229,11 @@ def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype,
                     stop.check(env)
             else:
                 stop.check(env, collective=False)
-            for group in optimizer.param_groups:
+            for group in recipe.optimizer.param_groups:
                 group["lr"] = lrs[i]
-            x = inputs(images, dtype, bool(p.training.channels_last))
-            with autocast(env.device, dtype):
-                loss = criterion(model(x), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            steps_now = (i + 1) % p.training.accum_steps == 0 or i == iters - 1
+            loss = train_step(model, images, labels, recipe, p, env, dtype, epoch, i, groups[i],
+                              steps_now)
             meter.add(loss=loss.detach() * labels.shape[0], images=labels.shape[0])
             bar.update(1)
             if trackers is not None:
@@ -276,14 +298,15 @@ def resume_path(p, run_dir: Path) -> Path | None:
     return Path(p.training.resume) if p.training.resume else None
 
 
-def load_weights_into(model, path, what: str) -> dict:
+def load_weights_into(model, path, what: str, ema: bool = False) -> tuple[dict, str]:
+    """``(checkpoint or {}, which weights were loaded in words)``."""
     try:
-        state, checkpoint = ckpt.weights_from_file(path)
+        state, checkpoint = ckpt.weights_from_file(path, ema=ema)
         model.load_state_dict(state)
     except (RuntimeError, ValueError, OSError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{what}: cannot load {path} into this model: {first}") from None
-    return checkpoint
+    return checkpoint, ckpt.which_weights(checkpoint, ema)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,25 +361,31 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     # Model, optimizer, scaler ------------------------------------------------------------
     model = create_model(p.model.arch, num_classes, pretrained=bool(p.model.pretrained),
                          use_blurpool=bool(p.training.use_blurpool))
+    which = ""
     if p.model.weights:
-        load_weights_into(model, p.model.weights, "model.weights")
-        say(env, f"weights from {p.model.weights}")
+        _, which = load_weights_into(model, p.model.weights, "model.weights",
+                                     ema=bool(p.model.weights_ema))
+        say(env, f"weights from {p.model.weights}: {which}")
     model = model.to(env.device)
     if p.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        param_groups(model, p.training.weight_decay, bn_wd=bool(p.training.bn_wd),
-                     bias_wd=bool(p.training.bias_wd)),
-        lr=lr, momentum=p.training.momentum)
+    optimizer = build_optimizer(p, model, lr)
     scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=p.training.label_smoothing)
+    ema = None if p.training.eval_only else build_ema(p, model)
 
     start_epoch, best_top1, history = 0, -1.0, []
     if resume_from:
-        checkpoint = load_weights_into(model, resume_from, "training.resume")
+        use_ema = bool(p.training.eval_only and p.model.weights_ema)
+        checkpoint, which = load_weights_into(model, resume_from, "training.resume", ema=use_ema)
         if checkpoint and not p.training.eval_only:
             optimizer.load_state_dict(checkpoint["optimizer"])
             scaler.load_state_dict(checkpoint["scaler"])
+            if ema is not None and isinstance(checkpoint.get("ema"), dict):
+                ema.module.load_state_dict(ckpt.strip_wrappers(checkpoint["ema"]))
+            elif ema is not None:
+                ema.module.load_state_dict(model.state_dict())
+                say(env, "warning: the checkpoint has no EMA weights; the EMA restarts from "
+                         "the resumed weights")
             start_epoch, best_top1 = checkpoint["epoch"], checkpoint["best_top1"]
             history = checkpoint.get("history", [])
             old = checkpoint.get("params", {})
@@ -365,7 +394,7 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
                        and k not in ("training.resume",) and k in old and old[k] != v]
             if changed:
                 say(env, f"warning: resumed with different settings: {', '.join(changed)}")
-        say(env, f"resuming from {resume_from} after epoch {start_epoch}")
+        say(env, f"resuming from {resume_from} after epoch {start_epoch}: {which}")
     elif p.training.resume == "auto":
         say(env, f"no checkpoint in {run_dir}: starting from scratch")
 
@@ -396,6 +425,8 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     if p.training.eval_only:
         stats = evaluate(raw_model, val_loader, p, env, dtype, num_classes)
         source = str(resume_from or p.model.weights or f"torchvision {p.model.arch} weights")
+        if which:
+            source += f" ({which})"
         logger.log(dict(eval_only=True, weights=source, val_res=p.validation.resolution,
                         **stats))
         say(env, f"eval {source}: top-1 {stats['top_1']:.4f} top-5 {stats['top_5']:.4f} "
@@ -406,6 +437,10 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     logger.keep_epochs_before(start_epoch)
     sched = schedule_kwargs(p, lr)
     iters = len(train_data.loader)
+    recipe = Recipe(raw_model, optimizer, scaler, build_criterion(p),
+                    augment=build_batch_augment(p, num_classes, env.device, rank=env.rank),
+                    ema=ema, clip_grad=p.training.clip_grad, ema_every=p.ema.every)
+    recipe.steps = start_epoch * -(-iters // p.training.accum_steps)
     if iters == 0:
         raise UserError(f"training.batch_size {p.training.batch_size} x {env.world_size} "
                         "processes is larger than the training set")
@@ -418,13 +453,17 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
         train_data.set_resolution(res)
         train_data.set_epoch(epoch)
         lrs = epoch_lrs(epoch, iters, **sched)
-        stats = train_epoch(model, train_data.loader, optimizer, scaler, criterion, lrs, p, env,
-                            dtype, stop, epoch, trackers)
+        stats = train_epoch(model, train_data.loader, recipe, lrs, p, env, dtype, stop, epoch,
+                            trackers)
         record = {"epoch": epoch, "lr": float(lrs[0]), "lr_end": float(lrs[-1]),
                   "train_res": res, **stats}
         if p.logging.log_level >= 1 or epoch == epochs - 1:
             record.update(evaluate(raw_model, val_loader, p, env, dtype, num_classes))
             top1 = record["top_1"]
+            if ema is not None:
+                ema_stats = evaluate(ema.module, val_loader, p, env, dtype, num_classes)
+                record.update(ema_top_1=ema_stats["top_1"], ema_top_5=ema_stats["top_5"],
+                              ema_val_loss=ema_stats["val_loss"])
         else:
             record.update(top_1=None, top_5=None, val_loss=None, val_images=None)
         record["epoch_seconds"] = time.perf_counter() - epoch_start
@@ -440,6 +479,8 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
             state = ckpt.training_state(model=raw_model, optimizer=optimizer, scaler=scaler,
                                         epoch=epoch + 1, best_top1=best_top1,
                                         params=as_flat_dict(p), run_id=run_id, history=history)
+            if ema is not None:
+                state["ema"] = ema.module.state_dict()
             ckpt.atomic_save(state, run_dir / ckpt.LAST)
             if is_best:
                 ckpt.atomic_save(state, run_dir / ckpt.BEST)
@@ -453,6 +494,8 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     trackers.close()
     if env.is_main:
         ckpt.atomic_save(raw_model.state_dict(), run_dir / ckpt.FINAL)
+        if ema is not None:
+            ckpt.atomic_save(ema.module.state_dict(), run_dir / ckpt.FINAL_EMA)
         if p.logging.plot:
             say(env, f"plot: {plot_run(run_dir)}")
     du.barrier(env)
