@@ -34,9 +34,11 @@ from ffcv_utils.logging import JsonlLogger, SumMeter
 from ffcv_utils import telemetry
 from ffcv_utils.tracking import Trackers
 from ffcv_utils.models import create_model
-from ffcv_utils.recipe import (Recipe, accumulation_groups, build_batch_augment,
-                               build_criterion, build_ema, build_optimizer)
-from ffcv_utils.schedules import epoch_lrs, resolution_at, scaled_lr
+from ffcv_utils.recipe import (Recipe, accumulation_groups, apply_sync_bn, build_batch_augment,
+                               build_criterion, build_ema, build_optimizer,
+                               periodic_checkpoint_name)
+from ffcv_utils.schedules import (parse_stages, resolution_at, scaled_lr, stage_at,
+                                  stage_epoch_lrs)
 
 # How often (in iterations) distributed ranks agree on whether a stop signal arrived: each check
 # is one tiny all_reduce plus a host sync.
@@ -114,21 +116,37 @@ def check_class_lists(p) -> tuple[int, list | None]:
     return num_classes, classes
 
 
-def make_loaders(p, env: du.DistEnv, num_workers: int):
-    train = None
-    if not p.training.eval_only:
-        train = train_loader(p.data.train_dataset, batch_size=p.training.batch_size,
-                             num_workers=num_workers, res=resolution_for(p, 0),
-                             device=env.device, distributed=env.distributed,
-                             in_memory=bool(p.data.in_memory), seed=p.data.seed)
+def make_train_data(p, env: du.DistEnv, num_workers: int, epoch: int):
+    """The training loader for ``epoch``'s stage (its batch size and resolution)."""
+    train = train_loader(p.data.train_dataset, batch_size=batch_for(p, epoch),
+                         num_workers=num_workers, res=resolution_for(p, epoch),
+                         device=env.device, distributed=env.distributed,
+                         in_memory=bool(p.data.in_memory), seed=p.data.seed)
+    if len(train.loader) == 0:
+        raise UserError(f"training.batch_size {batch_for(p, epoch)} x {env.world_size} "
+                        "processes is larger than the training set")
+    return train
+
+
+def make_loaders(p, env: du.DistEnv, num_workers: int, epoch: int = 0):
+    train = None if p.training.eval_only else make_train_data(p, env, num_workers, epoch)
     val = val_loader(p.data.val_dataset, batch_size=p.validation.batch_size,
                      num_workers=num_workers, res=p.validation.resolution, device=env.device,
                      rank=env.rank, world_size=env.world_size, in_memory=bool(p.data.in_memory))
     return train, val
 
 
+def batch_for(p, epoch: int) -> int:
+    """Batch per process in ``epoch``: resolution.schedule's stage, else training.batch_size."""
+    if p.resolution.schedule:
+        return stage_at(parse_stages(p.resolution.schedule, p.training.batch_size), epoch)[2]
+    return p.training.batch_size
+
+
 def resolution_for(p, epoch: int) -> int:
     r = p.resolution
+    if r.schedule:
+        return stage_at(parse_stages(r.schedule, p.training.batch_size), epoch)[1]
     return resolution_at(epoch, min_res=r.min_res, max_res=r.max_res,
                          start_ramp=r.start_ramp, end_ramp=r.end_ramp)
 
@@ -366,14 +384,17 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
         _, which = load_weights_into(model, p.model.weights, "model.weights",
                                      ema=bool(p.model.weights_ema))
         say(env, f"weights from {p.model.weights}: {which}")
-    model = model.to(env.device)
+    model, note = apply_sync_bn(model.to(env.device), bool(p.training.sync_bn),
+                                env.distributed, env.device)
+    if note:
+        say(env, note)
     if p.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(p, model, lr)
     scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
     ema = None if p.training.eval_only else build_ema(p, model)
 
-    start_epoch, best_top1, history = 0, -1.0, []
+    start_epoch, best_top1, history, optimizer_steps = 0, -1.0, [], 0
     if resume_from:
         use_ema = bool(p.training.eval_only and p.model.weights_ema)
         checkpoint, which = load_weights_into(model, resume_from, "training.resume", ema=use_ema)
@@ -388,6 +409,7 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
                          "the resumed weights")
             start_epoch, best_top1 = checkpoint["epoch"], checkpoint["best_top1"]
             history = checkpoint.get("history", [])
+            optimizer_steps = checkpoint.get("optimizer_steps", 0)
             old = checkpoint.get("params", {})
             changed = [k for k, v in as_flat_dict(p).items()
                        if k.split(".")[0] in ("lr", "training", "resolution")
@@ -405,7 +427,7 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     if p.training.compile:
         model = torch.compile(model)
 
-    train_data, val_loader = make_loaders(p, env, num_workers)
+    train_data, val_loader = make_loaders(p, env, num_workers, start_epoch)
     logger = JsonlLogger(run_dir / "log.jsonl", enabled=env.is_main)
     if env.is_main:
         resolved = dict(as_flat_dict(p), **{
@@ -436,23 +458,25 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     # Training ----------------------------------------------------------------------------
     logger.keep_epochs_before(start_epoch)
     sched = schedule_kwargs(p, lr)
-    iters = len(train_data.loader)
     recipe = Recipe(raw_model, optimizer, scaler, build_criterion(p),
                     augment=build_batch_augment(p, num_classes, env.device, rank=env.rank),
                     ema=ema, clip_grad=p.training.clip_grad, ema_every=p.ema.every)
-    recipe.steps = start_epoch * -(-iters // p.training.accum_steps)
-    if iters == 0:
-        raise UserError(f"training.batch_size {p.training.batch_size} x {env.world_size} "
-                        "processes is larger than the training set")
+    recipe.steps = optimizer_steps
     epochs = p.training.epochs
     run_start = time.perf_counter()
     top1 = None
     for epoch in range(start_epoch, epochs):
         epoch_start = time.perf_counter()
-        res = resolution_for(p, epoch)
+        res, batch = resolution_for(p, epoch), batch_for(p, epoch)
+        if batch != train_data.loader.batch_size:  # a new stage of resolution.schedule
+            say(env, f"epoch {epoch}: batch {batch} per process, LR x {batch}/"
+                     f"{p.training.batch_size} (linear scaling)")
+            train_data = make_train_data(p, env, num_workers, epoch)
         train_data.set_resolution(res)
         train_data.set_epoch(epoch)
-        lrs = epoch_lrs(epoch, iters, **sched)
+        iters = len(train_data.loader)
+        lrs = stage_epoch_lrs(epoch, iters, batch=batch, base_batch=p.training.batch_size,
+                              **sched)
         stats = train_epoch(model, train_data.loader, recipe, lrs, p, env, dtype, stop, epoch,
                             trackers)
         record = {"epoch": epoch, "lr": float(lrs[0]), "lr_end": float(lrs[-1]),
@@ -479,11 +503,15 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
             state = ckpt.training_state(model=raw_model, optimizer=optimizer, scaler=scaler,
                                         epoch=epoch + 1, best_top1=best_top1,
                                         params=as_flat_dict(p), run_id=run_id, history=history)
+            state["optimizer_steps"] = recipe.steps
             if ema is not None:
                 state["ema"] = ema.module.state_dict()
             ckpt.atomic_save(state, run_dir / ckpt.LAST)
             if is_best:
                 ckpt.atomic_save(state, run_dir / ckpt.BEST)
+            backup = periodic_checkpoint_name(epoch + 1, p.training.checkpoint_every)
+            if backup:
+                ckpt.atomic_save(state, run_dir / backup)
             top = "-" if record["top_1"] is None else f"{record['top_1']:.4f}"
             print(f"=> epoch {epoch}: res {res} lr {lrs[0]:.4f}->{lrs[-1]:.4f} "
                   f"train_loss {stats['train_loss']:.4f} top-1 {top} "

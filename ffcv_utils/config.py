@@ -151,6 +151,9 @@ def declare_sections(cfg: Config) -> Config:
         max_res=Param(INT, "training resolution from end_ramp", default=160),
         start_ramp=Param(INT, "epoch at which the ramp starts", default=0),
         end_ramp=Param(INT, "epoch at which the ramp ends", default=0),
+        schedule=Param(TEXT, "stages 'epoch,size,batch;...' (seed 000's form; batch optional) "
+                             "instead of the min/max ramp: the loader is rebuilt when the batch "
+                             "changes and the LR scales with it (empty: off)", default=""),
     )
     section("training", "training").params(
         eval_only=Param(FLAG, "only evaluate model.weights / the resumed checkpoint", default=0),
@@ -166,6 +169,10 @@ def declare_sections(cfg: Config) -> Config:
         bce_target_thresh=Param(FLOAT, "bce: soft targets above this become 1, else 0 "
                                        "(0: keep soft targets)", default=0.0),
         clip_grad=Param(FLOAT, "clip the gradient norm to this (0: off)", default=0.0),
+        sync_bn=Param(FLAG, "SyncBatchNorm across processes under torchrun, GPUs only (1/0)",
+                      default=0),
+        checkpoint_every=Param(INT, "also keep checkpoint_epoch_N.pt every N epochs (0: off)",
+                               default=0),
         accum_steps=Param(INT, "micro-batches per optimizer step (the LR scaling rule counts "
                                "batch_size x processes x accum_steps)", default=1),
         weight_decay=Param(FLOAT, "weight decay", default=4e-5),
@@ -438,6 +445,20 @@ def check_recipe(p: SimpleNamespace) -> None:
           f"is for --training.optimizer sgd (got optimizer {t.optimizer})")
     _need(not t.nesterov or t.momentum > 0, "training.nesterov", "needs training.momentum > 0")
     _need(t.clip_grad >= 0, "training.clip_grad", f"must be >= 0, got {t.clip_grad}")
+    if p.resolution.schedule:
+        from .schedules import parse_stages
+
+        try:
+            stages = parse_stages(p.resolution.schedule, t.batch_size)
+        except ValueError as e:
+            raise UserError(f"resolution.schedule: {e}") from None
+        _need(stages[-1][0] < t.epochs, "resolution.schedule",
+              f"stage at epoch {stages[-1][0]} starts after the last epoch ({t.epochs - 1})")
+        if a.mixup_alpha > 0 or a.cutmix_alpha > 0:
+            _need(all(b % 2 == 0 for _, _, b in stages), "resolution.schedule",
+                  "mixup/cutmix need an even batch in every stage")
+    _need(t.checkpoint_every >= 0, "training.checkpoint_every",
+          f"must be >= 0, got {t.checkpoint_every}")
     _need(t.accum_steps >= 1, "training.accum_steps", f"must be at least 1, got {t.accum_steps}")
     for key in ("mixup_alpha", "cutmix_alpha", "randaug_mstd"):
         _need(getattr(a, key) >= 0, f"augment.{key}", f"must be >= 0, got {getattr(a, key)}")

@@ -232,3 +232,25 @@ class Recipe:
         optimizer_step(self.optimizer, self.scaler, self.model, self.clip_grad)
         self.steps += 1
         update_ema(self.ema, self.model, self.steps, self.ema_every)
+
+
+def apply_sync_bn(model: nn.Module, enabled: bool, distributed: bool,
+                  device: torch.device) -> tuple[nn.Module, str]:
+    """SyncBatchNorm when asked for and useful (several processes); torch has it on GPUs only."""
+    if not enabled:
+        return model, ""
+    if not distributed:
+        return model, "training.sync_bn: one process, plain BatchNorm is the same thing"
+    if device.type != "cuda":
+        from .cli import UserError
+
+        raise UserError("training.sync_bn: SyncBatchNorm runs on GPUs only (torch); "
+                        "use --training.sync_bn 0 on CPU")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model), "SyncBatchNorm across processes"
+
+
+def periodic_checkpoint_name(epoch_done: int, every: int) -> str | None:
+    """``checkpoint_epoch_N.pt`` after every ``every``-th completed epoch (kept beside last/best)."""
+    if every > 0 and epoch_done % every == 0:
+        return f"checkpoint_epoch_{epoch_done}.pt"
+    return None

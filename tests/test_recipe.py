@@ -216,3 +216,70 @@ def test_bad_recipe_keys_are_one_line_naming_the_key(digits_betons, extra, key):
     with pytest.raises(UserError) as e:
         load_config(["--data.train_dataset", str(train), "--data.val_dataset", str(val), *extra])
     assert str(e.value).startswith(key) and "\n" not in str(e.value)
+
+
+def test_sync_bn_converts_on_gpu_only_and_is_refused_on_cpu():
+    from ffcv_utils.recipe import apply_sync_bn
+
+    model = create_model("resnet18", 10)
+    assert apply_sync_bn(model, False, True, CPU) == (model, "")
+    same, note = apply_sync_bn(model, True, False, CPU)  # one process: nothing to sync
+    assert same is model and "plain BatchNorm" in note
+    with pytest.raises(UserError, match="^training.sync_bn: SyncBatchNorm runs on GPUs only"):
+        apply_sync_bn(model, True, True, CPU)
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model))
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in converted.modules())
+
+
+def test_periodic_checkpoint_names():
+    from ffcv_utils.recipe import periodic_checkpoint_name
+
+    assert [periodic_checkpoint_name(e, 2) for e in (1, 2, 3, 4)] == \
+        [None, "checkpoint_epoch_2.pt", None, "checkpoint_epoch_4.pt"]
+    assert periodic_checkpoint_name(3, 0) is None
+
+
+def test_stage_schedule_parses_seed_000_form_and_refuses_nonsense():
+    from ffcv_utils.schedules import parse_stages, stage_at
+
+    stages = parse_stages("0,128,512;5,160,384;10,192,320;15,224,256", 999)
+    assert stages == [(0, 128, 512), (5, 160, 384), (10, 192, 320), (15, 224, 256)]
+    assert [stage_at(stages, e)[1:] for e in (0, 4, 5, 9, 10, 14, 15, 20)] == [
+        (128, 512), (128, 512), (160, 384), (160, 384), (192, 320), (192, 320), (224, 256),
+        (224, 256)]
+    assert parse_stages("0,160;85,224", 256) == [(0, 160, 256), (85, 224, 256)]  # FixRes tail
+    for bad in ("5,128,512", "0,128,512;0,160,256", "0,128,x", "0,4,512", "0,128,512,1"):
+        with pytest.raises(ValueError):
+            parse_stages(bad, 256)
+
+
+@pytest.mark.parametrize("schedule, why", [
+    ("1,128,64", "first stage must start at epoch 0"),
+    ("0,128,64;40,160,32", "starts after the last epoch"),
+    ("0,128;3,160", None),
+])
+def test_stage_schedule_key_is_checked(digits_betons, schedule, why):
+    args = ["--resolution.schedule", schedule, "--training.epochs", "10"]
+    if why is None:
+        assert params_for(digits_betons, *args).resolution.schedule == schedule
+        return
+    with pytest.raises(UserError, match=f"^resolution.schedule: .*{why}"):
+        params_for(digits_betons, *args)
+
+
+def test_stage_schedule_sets_batch_resolution_and_lr_per_epoch(digits_betons):
+    """Each epoch (including one a resumed run starts at) gets its stage's batch and size, and
+    the LR follows the linear scaling rule relative to training.batch_size."""
+    import numpy as np
+    import train_imagenet as ti
+    from ffcv_utils.schedules import epoch_lrs, stage_epoch_lrs
+
+    p = params_for(digits_betons, "--training.batch_size", "64", "--training.epochs", "6",
+                   "--resolution.schedule", "0,24,64;2,32,32;5,40,16")
+    assert [(ti.resolution_for(p, e), ti.batch_for(p, e)) for e in range(6)] == [
+        (24, 64), (24, 64), (32, 32), (32, 32), (32, 32), (40, 16)]
+    sched = ti.schedule_kwargs(p, 0.1)
+    lrs = stage_epoch_lrs(3, 10, batch=ti.batch_for(p, 3), base_batch=64, **sched)
+    np.testing.assert_allclose(lrs, epoch_lrs(3, 10, **sched) / 2)  # batch 32 of 64: half
+    same = stage_epoch_lrs(1, 10, batch=ti.batch_for(p, 1), base_batch=64, **sched)
+    np.testing.assert_allclose(same, epoch_lrs(1, 10, **sched))

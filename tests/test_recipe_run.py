@@ -1,7 +1,8 @@
 """One real run with the RSB-style recipe on the digits betons under a 2-process torchrun (gloo):
 LAMB, BCE, mixup/cutmix per sample, RandAugment, random erasing, EMA, clipping and gradient
 accumulation together still learn well above chance (10 classes: 0.1), and the EMA is validated
-every epoch, checkpointed and written as final_ema_weights.pt."""
+every epoch, checkpointed and written as final_ema_weights.pt. The same run changes its batch
+mid-way through resolution.schedule and keeps checkpoints every 2 epochs."""
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 
 from ffcv_utils import checkpoint as ckpt
 from ffcv_utils.models import create_model
+from ffcv_utils.schedules import cosine_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4
@@ -34,7 +36,8 @@ def rsb_run(digits_betons, tmp_path_factory):
             "--augment.erase_prob", "0.25", "--ema.decay", "0.9", "--training.clip_grad", "5",
             "--training.accum_steps", "2", "--training.distributed", "1",
             "--dist.world_size", "2", "--logging.folder", str(folder),
-            "--logging.run_id", "rsb", "--logging.plot", "0"]
+            "--logging.run_id", "rsb", "--logging.plot", "0", "--training.checkpoint_every", "2",
+            "--resolution.schedule", "0,32,32;2,32,16"]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
          "--master_port=29571", str(ROOT / "train_imagenet.py"), *args],
@@ -49,6 +52,14 @@ def test_rsb_recipe_learns_under_torchrun_with_ema(rsb_run):
     # 32 x 2 processes x 2 accumulation steps = 128: the LR rule counts the accumulation
     assert "lr 0.02 for global batch 128" in result.stderr
     log = [json.loads(line) for line in open(run_dir / "log.jsonl")]
+    # resolution.schedule: from epoch 2 the loader has batch 16 and the LR follows it (x 0.5)
+    assert "epoch 2: batch 16 per process" in result.stderr
+    assert log[2]["lr"] == pytest.approx(0.5 * cosine_lr(2.0, lr=0.02, epochs=EPOCHS,
+                                                         warmup_epochs=1), rel=1e-6)
+    assert log[1]["lr"] == pytest.approx(cosine_lr(1.0, lr=0.02, epochs=EPOCHS,
+                                                   warmup_epochs=1), rel=1e-6)
+    assert sorted(p.name for p in run_dir.glob("checkpoint_epoch_*.pt")) == [
+        "checkpoint_epoch_2.pt", "checkpoint_epoch_4.pt"]
     assert [r["epoch"] for r in log] == list(range(EPOCHS))
     for r in log:
         assert 0 <= r["ema_top_1"] <= r["ema_top_5"] <= 1
