@@ -480,7 +480,7 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
         stats = train_epoch(model, train_data.loader, recipe, lrs, p, env, dtype, stop, epoch,
                             trackers)
         record = {"epoch": epoch, "lr": float(lrs[0]), "lr_end": float(lrs[-1]),
-                  "train_res": res, **stats}
+                  "train_res": res, "train_batch": batch, **stats}
         if p.logging.log_level >= 1 or epoch == epochs - 1:
             record.update(evaluate(raw_model, val_loader, p, env, dtype, num_classes))
             top1 = record["top_1"]

@@ -43,12 +43,12 @@ def rsb_run(digits_betons, tmp_path_factory):
          "--master_port=29571", str(ROOT / "train_imagenet.py"), *args],
         capture_output=True, text=True, cwd=ROOT, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
-    return folder / "rsb", result
+    return folder / "rsb", result, args
 
 
 @pytest.mark.timeout(450)
 def test_rsb_recipe_learns_under_torchrun_with_ema(rsb_run):
-    run_dir, result = rsb_run
+    run_dir, result, _ = rsb_run
     # 32 x 2 processes x 2 accumulation steps = 128: the LR rule counts the accumulation
     assert "lr 0.02 for global batch 128" in result.stderr
     log = [json.loads(line) for line in open(run_dir / "log.jsonl")]
@@ -56,6 +56,7 @@ def test_rsb_recipe_learns_under_torchrun_with_ema(rsb_run):
     assert "epoch 2: batch 16 per process" in result.stderr
     assert log[2]["lr"] == pytest.approx(0.5 * cosine_lr(2.0, lr=0.02, epochs=EPOCHS,
                                                          warmup_epochs=1), rel=1e-6)
+    assert [r["train_batch"] for r in log] == [32, 32, 16, 16]
     assert log[1]["lr"] == pytest.approx(cosine_lr(1.0, lr=0.02, epochs=EPOCHS,
                                                    warmup_epochs=1), rel=1e-6)
     assert sorted(p.name for p in run_dir.glob("checkpoint_epoch_*.pt")) == [
@@ -77,3 +78,22 @@ def test_rsb_recipe_learns_under_torchrun_with_ema(rsb_run):
     assert not torch.equal(raw["fc.weight"], state["fc.weight"])
     assert ckpt.which_weights(checkpoint, True) == "the checkpoint's EMA weights"
     assert "EMA" in ckpt.which_weights(last, False)
+
+
+@pytest.mark.timeout(200)
+def test_eval_only_on_the_checkpoint_uses_and_names_its_ema_weights(rsb_run):
+    run_dir, _, args = rsb_run
+    log = [json.loads(line) for line in open(run_dir / "log.jsonl")]
+    train_args = args[args.index("--data.train_dataset"):args.index("--data.val_dataset") + 2]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train_imagenet.py"), *train_args, "--model.arch", "resnet18",
+         "--validation.resolution", "32", "--validation.batch_size", "128",
+         "--data.num_workers", "1", "--training.eval_only", "1",
+         "--model.weights", str(run_dir / ckpt.LAST), "--logging.folder", str(run_dir.parent),
+         "--logging.run_id", "eval", "--logging.plot", "0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the checkpoint's EMA weights" in result.stderr
+    record = json.loads((run_dir.parent / "eval" / "log.jsonl").read_text().splitlines()[-1])
+    assert "EMA weights" in record["weights"]
+    assert record["top_1"] == pytest.approx(log[-1]["ema_top_1"], abs=1e-9)  # the same model
