@@ -65,8 +65,9 @@ def test_rsb_recipe_learns_under_torchrun_with_ema(rsb_run):
     for r in log:
         assert 0 <= r["ema_top_1"] <= r["ema_top_5"] <= 1
         assert r["val_images"] == 363
-    assert log[-1]["top_1"] > 0.3, log  # chance is 0.1
-    assert log[-1]["ema_top_5"] > 0.5, log
+    # chance is 0.1 (top-5: 0.5); seen on 2 shared CPU cores: top_1 0.39-0.51, ema_top_5 0.88-0.90
+    assert log[-1]["top_1"] > 0.25, log
+    assert log[-1]["ema_top_5"] > 0.7, log
 
     last = ckpt.load(run_dir / ckpt.LAST)
     final_ema = torch.load(run_dir / ckpt.FINAL_EMA, weights_only=True)
