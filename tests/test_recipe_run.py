@@ -98,3 +98,23 @@ def test_eval_only_on_the_checkpoint_uses_and_names_its_ema_weights(rsb_run):
     record = json.loads((run_dir.parent / "eval" / "log.jsonl").read_text().splitlines()[-1])
     assert "EMA weights" in record["weights"]
     assert record["top_1"] == pytest.approx(log[-1]["ema_top_1"], abs=1e-9)  # the same model
+
+
+@pytest.mark.timeout(200)
+def test_resume_mid_schedule_lands_in_its_stage_with_the_ema(rsb_run):
+    """Resume from the every-2-epochs backup (2 epochs done): the run starts at epoch 2 in the
+    batch-16 stage and restores the EMA from the checkpoint (one process, one more epoch)."""
+    run_dir, _, args = rsb_run
+    drop = ("--training.distributed", "--dist.world_size", "--logging.run_id", "--training.epochs")
+    pairs = dict(zip(args[::2], args[1::2]))
+    args = [x for k, v in pairs.items() if k not in drop for x in (k, v)]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train_imagenet.py"), *args, "--training.epochs", "3",
+         "--logging.run_id", "resumed",
+         "--training.resume", str(run_dir / "checkpoint_epoch_2.pt")],
+        capture_output=True, text=True, cwd=ROOT, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "after epoch 2" in result.stderr and "no EMA weights" not in result.stderr
+    log = [json.loads(line) for line in open(run_dir.parent / "resumed" / "log.jsonl")]
+    assert [(r["epoch"], r["train_batch"]) for r in log] == [(2, 16)]
+    assert 0 <= log[0]["ema_top_1"] <= 1
