@@ -19,7 +19,8 @@ from ffcv_utils import lr_finder
 from ffcv_utils.cli import ArgParser, UserError, run_main
 from ffcv_utils.config import load_config
 from ffcv_utils.data import train_loader
-from ffcv_utils.models import create_model, param_groups
+from ffcv_utils.models import create_model
+from ffcv_utils.recipe import build_batch_augment, build_criterion, build_optimizer, optimizer_step
 from train_imagenet import amp_dtype, autocast, check_class_lists, inputs, resolution_for
 
 
@@ -42,22 +43,19 @@ def finder_args(argv):
 
 
 def build_recipe(p, num_classes, env):
-    """Model, optimizer, criterion as the trainer builds them (swap for the shared builders)."""
+    """Model, optimizer, criterion and batch augmentation as the trainer builds them."""
     model = create_model(p.model.arch, num_classes, pretrained=bool(p.model.pretrained),
                          use_blurpool=bool(p.training.use_blurpool)).to(env.device)
     if p.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        param_groups(model, p.training.weight_decay, bn_wd=bool(p.training.bn_wd),
-                     bias_wd=bool(p.training.bias_wd)),
-        lr=p.lr.lr, momentum=p.training.momentum)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=p.training.label_smoothing)
-    return model, optimizer, criterion
+    optimizer = build_optimizer(p, model, p.lr.lr)
+    augment = build_batch_augment(p, num_classes, env.device, rank=env.rank)
+    return model, optimizer, build_criterion(p), augment
 
 
 def one_sweep(p, env, num_classes, lrs, seed, num_workers):
     torch.manual_seed(seed)
-    model, optimizer, criterion = build_recipe(p, num_classes, env)
+    model, optimizer, criterion, augment = build_recipe(p, num_classes, env)
     if env.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
@@ -76,13 +74,19 @@ def one_sweep(p, env, num_classes, lrs, seed, num_workers):
     def step(images, labels, lr):
         for group in optimizer.param_groups:
             group["lr"] = lr
+        prepare = lambda im: inputs(im, dtype, bool(p.training.channels_last))  # noqa: E731
+        step.n += 1
+        if augment is not None:
+            x, targets = augment(images, labels, prepare, seed, step.n)
+        else:
+            x, targets = prepare(images), labels
         with autocast(env.device, dtype):
-            loss = criterion(model(inputs(images, dtype, bool(p.training.channels_last))), labels)
-        optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(x), targets)
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(optimizer, scaler, model, p.training.clip_grad)
         return loss
+
+    step.n = 0
 
     stream = batches()
     try:

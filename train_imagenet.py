@@ -10,6 +10,7 @@ ffcv_utils/config.py (``--help`` lists them); the reusable parts in ffcv_utils/.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,8 +35,12 @@ from ffcv_utils import telemetry
 from ffcv_utils import peers, watchdog
 from ffcv_utils.beton import check_trainer_betons
 from ffcv_utils.tracking import Trackers
-from ffcv_utils.models import create_model, param_groups
-from ffcv_utils.schedules import epoch_lrs, resolution_at, scaled_lr
+from ffcv_utils.models import create_model
+from ffcv_utils.recipe import (Recipe, accumulation_groups, apply_sync_bn, build_batch_augment,
+                               build_criterion, build_ema, build_optimizer,
+                               periodic_checkpoint_name)
+from ffcv_utils.schedules import (parse_stages, resolution_at, scaled_lr, stage_at,
+                                  stage_epoch_lrs)
 
 # How often (in iterations) distributed ranks agree on whether a stop signal arrived: each check
 # is one tiny all_reduce plus a host sync.
@@ -113,14 +118,21 @@ def check_class_lists(p) -> tuple[int, list | None]:
     return num_classes, classes
 
 
-def make_loaders(p, env: du.DistEnv, num_workers: int):
-    train = None
-    if not p.training.eval_only:
-        train = train_loader(p.data.train_dataset, batch_size=p.training.batch_size,
-                             num_workers=num_workers, res=resolution_for(p, 0),
-                             device=env.device, distributed=env.distributed,
-                             in_memory=bool(p.data.in_memory), seed=p.data.seed,
-                             decoder=p.data.decoder)
+def make_train_data(p, env: du.DistEnv, num_workers: int, epoch: int):
+    """The training loader for ``epoch``'s stage (its batch size and resolution)."""
+    train = train_loader(p.data.train_dataset, batch_size=batch_for(p, epoch),
+                         num_workers=num_workers, res=resolution_for(p, epoch),
+                         device=env.device, distributed=env.distributed,
+                         in_memory=bool(p.data.in_memory), seed=p.data.seed,
+                         decoder=p.data.decoder)
+    if len(train.loader) == 0:
+        raise UserError(f"training.batch_size {batch_for(p, epoch)} x {env.world_size} "
+                        "processes is larger than the training set")
+    return train
+
+
+def make_loaders(p, env: du.DistEnv, num_workers: int, epoch: int = 0):
+    train = None if p.training.eval_only else make_train_data(p, env, num_workers, epoch)
     val = val_loader(p.data.val_dataset, batch_size=p.validation.batch_size,
                      num_workers=num_workers, res=p.validation.resolution, device=env.device,
                      rank=env.rank, world_size=env.world_size, in_memory=bool(p.data.in_memory),
@@ -140,8 +152,17 @@ def warn_decode_failures(env: du.DistEnv, when: str, train_data, val) -> int:
     return failed
 
 
+def batch_for(p, epoch: int) -> int:
+    """Batch per process in ``epoch``: resolution.schedule's stage, else training.batch_size."""
+    if p.resolution.schedule:
+        return stage_at(parse_stages(p.resolution.schedule, p.training.batch_size), epoch)[2]
+    return p.training.batch_size
+
+
 def resolution_for(p, epoch: int) -> int:
     r = p.resolution
+    if r.schedule:
+        return stage_at(parse_stages(r.schedule, p.training.batch_size), epoch)[1]
     return resolution_at(epoch, min_res=r.min_res, max_res=r.max_res,
                          start_ramp=r.start_ramp, end_ramp=r.end_ramp)
 
@@ -153,7 +174,10 @@ def resolution_for(p, epoch: int) -> int:
 def effective_lr(p, meta, env: du.DistEnv) -> tuple[float, str]:
     """lr.lr scaled from the batch the config was written for to the real global batch."""
     reference = p.lr.batch_size_for_lr or meta["recipe_batch_size"] * meta["recipe_world_size"]
-    actual = p.training.batch_size * env.world_size
+    reference = reference * (meta.get("recipe_accum_steps", 1) if not p.lr.batch_size_for_lr
+                             else 1)
+    accum = p.training.accum_steps
+    actual = p.training.batch_size * env.world_size * accum
     if actual == reference:
         return p.lr.lr, f"lr {p.lr.lr:g} for global batch {actual}"
     if not p.lr.scale_lr:
@@ -161,7 +185,8 @@ def effective_lr(p, meta, env: du.DistEnv) -> tuple[float, str]:
                          f"(written for {reference}; lr.scale_lr is 0)")
     lr = scaled_lr(p.lr.lr, actual, reference)
     return lr, (f"lr scaled linearly {p.lr.lr:g} -> {lr:g}: global batch {actual} "
-                f"({p.training.batch_size} x {env.world_size} processes) instead of {reference} "
+                f"({p.training.batch_size} x {env.world_size} processes x {accum} accumulation "
+                f"steps) instead of {reference} "
                 "(turn off with --lr.scale_lr 0)")
 
 
@@ -199,8 +224,26 @@ def inputs(images: torch.Tensor, dtype: torch.dtype | None, channels_last: bool)
 # Train and validate one epoch
 # ---------------------------------------------------------------------------------------------
 
-def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype, stop, epoch,
-                trackers=None):
+def train_step(model, images, labels, recipe, p, env, dtype, epoch, i, group,
+               steps_now) -> torch.Tensor:
+    """Forward and backward of one micro-batch; the optimizer steps after the last of its
+    accumulation group (``group`` micro-batches). DDP skips the all-reduce on the others."""
+    prepare = lambda im: inputs(im, dtype, bool(p.training.channels_last))  # noqa: E731
+    if recipe.augment is not None:
+        x, targets = recipe.augment(images, labels, prepare, epoch, i)
+    else:
+        x, targets = prepare(images), labels
+    sync = contextlib.nullcontext() if steps_now or not env.distributed else model.no_sync()
+    with sync:
+        with autocast(env.device, dtype):
+            loss = recipe.criterion(model(x), targets)
+        recipe.scaler.scale(loss / group).backward()
+    if steps_now:
+        recipe.optimizer_step()
+    return loss
+
+
+def train_epoch(model, loader, recipe, lrs, p, env, dtype, stop, epoch, trackers=None):
     from tqdm import tqdm
 
     model.train()
@@ -209,6 +252,7 @@ def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype,
     bar = tqdm(total=iters, desc=f"epoch {epoch}", disable=not env.is_main, leave=False,
                dynamic_ncols=True, file=sys.stderr)
     iterator = iter(loader)
+    groups = accumulation_groups(iters, p.training.accum_steps)
     wait = telemetry.DataWait()
     telemetry.start_epoch(env.device)
     start = time.perf_counter()
@@ -219,15 +263,11 @@ def train_epoch(model, loader, optimizer, scaler, criterion, lrs, p, env, dtype,
                     stop.check(env)
             else:
                 stop.check(env, collective=False)
-            for group in optimizer.param_groups:
+            for group in recipe.optimizer.param_groups:
                 group["lr"] = lrs[i]
-            x = inputs(images, dtype, bool(p.training.channels_last))
-            with autocast(env.device, dtype):
-                loss = criterion(model(x), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            steps_now = (i + 1) % p.training.accum_steps == 0 or i == iters - 1
+            loss = train_step(model, images, labels, recipe, p, env, dtype, epoch, i, groups[i],
+                              steps_now)
             meter.add(loss=loss.detach() * labels.shape[0], images=labels.shape[0])
             bar.update(1)
             if trackers is not None:
@@ -292,14 +332,15 @@ def resume_path(p, run_dir: Path) -> Path | None:
     return Path(p.training.resume) if p.training.resume else None
 
 
-def load_weights_into(model, path, what: str) -> dict:
+def load_weights_into(model, path, what: str, ema: bool = False) -> tuple[dict, str]:
+    """``(checkpoint or {}, which weights were loaded in words)``."""
     try:
-        state, checkpoint = ckpt.weights_from_file(path)
+        state, checkpoint = ckpt.weights_from_file(path, ema=ema)
         model.load_state_dict(state)
     except (RuntimeError, ValueError, OSError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{what}: cannot load {path} into this model: {first}") from None
-    return checkpoint
+    return checkpoint, ckpt.which_weights(checkpoint, ema)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,34 +410,44 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     # Model, optimizer, scaler ------------------------------------------------------------
     model = create_model(p.model.arch, num_classes, pretrained=bool(p.model.pretrained),
                          use_blurpool=bool(p.training.use_blurpool))
+    which = ""
     if p.model.weights:
-        load_weights_into(model, p.model.weights, "model.weights")
-        say(env, f"weights from {p.model.weights}")
-    model = model.to(env.device)
+        _, which = load_weights_into(model, p.model.weights, "model.weights",
+                                     ema=bool(p.model.weights_ema))
+        say(env, f"weights from {p.model.weights}: {which}")
+    model, note = apply_sync_bn(model.to(env.device), bool(p.training.sync_bn),
+                                env.distributed, env.device)
+    if note:
+        say(env, note)
     if p.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        param_groups(model, p.training.weight_decay, bn_wd=bool(p.training.bn_wd),
-                     bias_wd=bool(p.training.bias_wd)),
-        lr=lr, momentum=p.training.momentum)
+    optimizer = build_optimizer(p, model, lr)
     scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=p.training.label_smoothing)
+    ema = None if p.training.eval_only else build_ema(p, model)
 
-    start_epoch, best_top1, history = 0, -1.0, []
+    start_epoch, best_top1, history, optimizer_steps = 0, -1.0, [], 0
     if resume_from:
-        checkpoint = load_weights_into(model, resume_from, "training.resume")
+        use_ema = bool(p.training.eval_only and p.model.weights_ema)
+        checkpoint, which = load_weights_into(model, resume_from, "training.resume", ema=use_ema)
         if checkpoint and not p.training.eval_only:
             optimizer.load_state_dict(checkpoint["optimizer"])
             scaler.load_state_dict(checkpoint["scaler"])
+            if ema is not None and isinstance(checkpoint.get("ema"), dict):
+                ema.module.load_state_dict(ckpt.strip_wrappers(checkpoint["ema"]))
+            elif ema is not None:
+                ema.module.load_state_dict(model.state_dict())
+                say(env, "warning: the checkpoint has no EMA weights; the EMA restarts from "
+                         "the resumed weights")
             start_epoch, best_top1 = checkpoint["epoch"], checkpoint["best_top1"]
             history = checkpoint.get("history", [])
+            optimizer_steps = checkpoint.get("optimizer_steps", 0)
             old = checkpoint.get("params", {})
             changed = [k for k, v in as_flat_dict(p).items()
                        if k.split(".")[0] in ("lr", "training", "resolution")
                        and k not in ("training.resume",) and k in old and old[k] != v]
             if changed:
                 say(env, f"warning: resumed with different settings: {', '.join(changed)}")
-        say(env, f"resuming from {resume_from} after epoch {start_epoch}")
+        say(env, f"resuming from {resume_from} after epoch {start_epoch}: {which}")
     elif p.training.resume == "auto":
         say(env, f"no checkpoint in {run_dir}: starting from scratch")
 
@@ -407,7 +458,7 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     if p.training.compile:
         model = torch.compile(model)
 
-    train_data, val_loader = make_loaders(p, env, num_workers)
+    train_data, val_loader = make_loaders(p, env, num_workers, start_epoch)
     logger = JsonlLogger(run_dir / "log.jsonl", enabled=env.is_main)
     if env.is_main:
         resolved = dict(as_flat_dict(p), **{
@@ -428,6 +479,8 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
         stats = evaluate(raw_model, val_loader, p, env, dtype, num_classes)
         stats["decode_failures"] = warn_decode_failures(env, "evaluation", None, val_loader)
         source = str(resume_from or p.model.weights or f"torchvision {p.model.arch} weights")
+        if which:
+            source += f" ({which})"
         logger.log(dict(eval_only=True, weights=source, val_res=p.validation.resolution,
                         **stats))
         say(env, f"eval {source}: top-1 {stats['top_1']:.4f} top-5 {stats['top_5']:.4f} "
@@ -437,26 +490,36 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     # Training ----------------------------------------------------------------------------
     logger.keep_epochs_before(start_epoch)
     sched = schedule_kwargs(p, lr)
-    iters = len(train_data.loader)
-    if iters == 0:
-        raise UserError(f"training.batch_size {p.training.batch_size} x {env.world_size} "
-                        "processes is larger than the training set")
+    recipe = Recipe(raw_model, optimizer, scaler, build_criterion(p),
+                    augment=build_batch_augment(p, num_classes, env.device, rank=env.rank),
+                    ema=ema, clip_grad=p.training.clip_grad, ema_every=p.ema.every)
+    recipe.steps = optimizer_steps
     epochs = p.training.epochs
     run_start = time.perf_counter()
     top1 = None
     for epoch in range(start_epoch, epochs):
         epoch_start = time.perf_counter()
-        res = resolution_for(p, epoch)
+        res, batch = resolution_for(p, epoch), batch_for(p, epoch)
+        if batch != train_data.loader.batch_size:  # a new stage of resolution.schedule
+            say(env, f"epoch {epoch}: batch {batch} per process, LR x {batch}/"
+                     f"{p.training.batch_size} (linear scaling)")
+            train_data = make_train_data(p, env, num_workers, epoch)
         train_data.set_resolution(res)
         train_data.set_epoch(epoch)
-        lrs = epoch_lrs(epoch, iters, **sched)
-        stats = train_epoch(model, train_data.loader, optimizer, scaler, criterion, lrs, p, env,
-                            dtype, stop, epoch, trackers)
+        iters = len(train_data.loader)
+        lrs = stage_epoch_lrs(epoch, iters, batch=batch, base_batch=p.training.batch_size,
+                              **sched)
+        stats = train_epoch(model, train_data.loader, recipe, lrs, p, env, dtype, stop, epoch,
+                            trackers)
         record = {"epoch": epoch, "lr": float(lrs[0]), "lr_end": float(lrs[-1]),
-                  "train_res": res, **stats}
+                  "train_res": res, "train_batch": batch, **stats}
         if p.logging.log_level >= 1 or epoch == epochs - 1:
             record.update(evaluate(raw_model, val_loader, p, env, dtype, num_classes))
             top1 = record["top_1"]
+            if ema is not None:
+                ema_stats = evaluate(ema.module, val_loader, p, env, dtype, num_classes)
+                record.update(ema_top_1=ema_stats["top_1"], ema_top_5=ema_stats["top_5"],
+                              ema_val_loss=ema_stats["val_loss"])
         else:
             record.update(top_1=None, top_5=None, val_loss=None, val_images=None)
         record["decode_failures"] = warn_decode_failures(env, f"epoch {epoch}", train_data,
@@ -474,9 +537,15 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
             state = ckpt.training_state(model=raw_model, optimizer=optimizer, scaler=scaler,
                                         epoch=epoch + 1, best_top1=best_top1,
                                         params=as_flat_dict(p), run_id=run_id, history=history)
+            state["optimizer_steps"] = recipe.steps
+            if ema is not None:
+                state["ema"] = ema.module.state_dict()
             ckpt.atomic_save(state, run_dir / ckpt.LAST)
             if is_best:
                 ckpt.atomic_save(state, run_dir / ckpt.BEST)
+            backup = periodic_checkpoint_name(epoch + 1, p.training.checkpoint_every)
+            if backup:
+                ckpt.atomic_save(state, run_dir / backup)
             top = "-" if record["top_1"] is None else f"{record['top_1']:.4f}"
             print(f"=> epoch {epoch}: res {res} lr {lrs[0]:.4f}->{lrs[-1]:.4f} "
                   f"train_loss {stats['train_loss']:.4f} top-1 {top} "
@@ -487,6 +556,8 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
     trackers.close()
     if env.is_main:
         ckpt.atomic_save(raw_model.state_dict(), run_dir / ckpt.FINAL)
+        if ema is not None:
+            ckpt.atomic_save(ema.module.state_dict(), run_dir / ckpt.FINAL_EMA)
         if p.logging.plot:
             say(env, f"plot: {plot_run(run_dir)}")
     du.barrier(env)

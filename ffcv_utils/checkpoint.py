@@ -15,6 +15,7 @@ from .cli import UserError
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 FINAL = "final_weights.pt"
+FINAL_EMA = "final_ema_weights.pt"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -96,10 +97,13 @@ def strip_wrappers(state_dict: dict) -> dict:
     return out
 
 
-def weights_from_file(path: str | Path) -> tuple[dict, dict]:
-    """``(state_dict, checkpoint or {})`` from either a training checkpoint or a plain state_dict."""
+def weights_from_file(path: str | Path, ema: bool = False) -> tuple[dict, dict]:
+    """``(state_dict, checkpoint or {})`` from either a training checkpoint or a plain state_dict.
+    ``ema``: a checkpoint's EMA weights when it carries them (see :func:`which_weights`)."""
     obj = load(path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        if ema and isinstance(obj.get("ema"), dict):
+            return strip_wrappers(obj["ema"]), obj
         return strip_wrappers(obj["model"]), obj
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return strip_wrappers(obj), {}
@@ -109,3 +113,14 @@ def weights_from_file(path: str | Path) -> tuple[dict, dict]:
 def find_last(run_dir: str | Path) -> Path | None:
     path = Path(run_dir) / LAST
     return path if path.is_file() else None
+
+
+def which_weights(checkpoint: dict, ema: bool) -> str:
+    """Words for what weights_from_file returned: users must know whether EMA weights were used."""
+    if not checkpoint:
+        return "a plain state_dict"
+    has = isinstance(checkpoint.get("ema"), dict)
+    if ema and has:
+        return "the checkpoint's EMA weights"
+    return "the checkpoint's raw weights" + (" (it also holds EMA weights)" if has else
+                                            " (it holds no EMA weights)")

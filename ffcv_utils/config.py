@@ -27,6 +27,10 @@ from .schedules import SCHEDULES
 from .shrink import fit_to_epochs, warning as shrink_warning
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+OPTIMIZERS = ("sgd", "adamw", "lamb")  # as ffcv_utils.recipe (not imported: it pulls in torch)
+LOSSES = ("ce", "bce")
+MIX_MODES = ("batch", "pair", "elem")
+ERASE_MODES = ("const", "rand", "pixel")
 
 
 class StrictInt(Checker):
@@ -148,18 +152,38 @@ def declare_sections(cfg: Config) -> Config:
         pretrained=Param(FLAG, "start from torchvision's ImageNet weights (1/0)", default=0),
         weights=Param(TEXT, "weights or checkpoint file to start from / evaluate", default=""),
         num_classes=Param(INT, "0: from the class list beside the training beton", default=0),
+        weights_ema=Param(FLAG, "model.weights / eval-only: use a checkpoint's EMA weights when "
+                                "it carries them (1/0)", default=1),
     )
     section("resolution", "progressive resizing").params(
         min_res=Param(INT, "training resolution up to start_ramp", default=160),
         max_res=Param(INT, "training resolution from end_ramp", default=160),
         start_ramp=Param(INT, "epoch at which the ramp starts", default=0),
         end_ramp=Param(INT, "epoch at which the ramp ends", default=0),
+        schedule=Param(TEXT, "stages 'epoch,size,batch;...' (seed 000's form; batch optional) "
+                             "instead of the min/max ramp: the loader is rebuilt when the batch "
+                             "changes and the LR scales with it (empty: off)", default=""),
     )
     section("training", "training").params(
         eval_only=Param(FLAG, "only evaluate model.weights / the resumed checkpoint", default=0),
         batch_size=Param(INT, "batch size per process", default=512),
-        optimizer=Param(OneOf(["sgd"]), "optimizer", default="sgd"),
+        optimizer=Param(OneOf(OPTIMIZERS), "sgd, adamw or lamb", default="sgd"),
         momentum=Param(FLOAT, "SGD momentum", default=0.9),
+        nesterov=Param(FLAG, "SGD: Nesterov momentum (1/0)", default=0),
+        beta1=Param(FLOAT, "adamw, lamb: first moment decay", default=0.9),
+        beta2=Param(FLOAT, "adamw, lamb: second moment decay", default=0.999),
+        eps=Param(FLOAT, "adamw, lamb: denominator epsilon", default=1e-6),
+        loss=Param(OneOf(LOSSES), "ce (cross-entropy) or bce (binary, as ResNet Strikes Back)",
+                   default="ce"),
+        bce_target_thresh=Param(FLOAT, "bce: soft targets above this become 1, else 0 "
+                                       "(0: keep soft targets)", default=0.0),
+        clip_grad=Param(FLOAT, "clip the gradient norm to this (0: off)", default=0.0),
+        sync_bn=Param(FLAG, "SyncBatchNorm across processes under torchrun, GPUs only (1/0)",
+                      default=0),
+        checkpoint_every=Param(INT, "also keep checkpoint_epoch_N.pt every N epochs (0: off)",
+                               default=0),
+        accum_steps=Param(INT, "micro-batches per optimizer step (the LR scaling rule counts "
+                               "batch_size x processes x accum_steps)", default=1),
         weight_decay=Param(FLOAT, "weight decay", default=4e-5),
         bn_wd=Param(FLAG, "also decay normalisation-layer parameters (1/0)", default=0),
         bias_wd=Param(FLAG, "also decay biases (1/0)", default=1),
@@ -174,6 +198,26 @@ def declare_sections(cfg: Config) -> Config:
         compile=Param(FLAG, "torch.compile the model (1/0)", default=0),
         resume=Param(TEXT, "checkpoint to resume from, or 'auto': logging.folder/run_id's last",
                      default=""),
+    )
+    section("augment", "batch augmentations on the device, per sample, seeded by data.seed").params(
+        mixup_alpha=Param(FLOAT, "mixup Beta(alpha, alpha) (0: off)", default=0.0),
+        cutmix_alpha=Param(FLOAT, "cutmix Beta(alpha, alpha) (0: off)", default=0.0),
+        mix_prob=Param(FLOAT, "probability that a sample (or batch) is mixed at all", default=1.0),
+        switch_prob=Param(FLOAT, "with both on: probability of cutmix instead of mixup",
+                          default=0.5),
+        mix_mode=Param(OneOf(MIX_MODES), "draw per batch, per pair or per sample (elem)",
+                       default="elem"),
+        randaug_ops=Param(INT, "RandAugment ops per image (0: off)", default=0),
+        randaug_magnitude=Param(FLOAT, "RandAugment magnitude on timm's 0-10 scale (rand-mM)",
+                                default=9.0),
+        randaug_mstd=Param(FLOAT, "RandAugment magnitude noise std (timm's mstd)", default=0.5),
+        erase_prob=Param(FLOAT, "random erasing probability per image (0: off)", default=0.0),
+        erase_mode=Param(OneOf(ERASE_MODES), "random erasing fill: const, rand or pixel",
+                         default="pixel"),
+    )
+    section("ema", "exponential moving average of the weights").params(
+        decay=Param(FLOAT, "EMA decay per update (0: off)", default=0.0),
+        every=Param(INT, "update the EMA every N optimizer steps", default=1),
     )
     section("validation", "validation").params(
         batch_size=Param(INT, "batch size per process", default=512),
@@ -312,7 +356,8 @@ def load_config(argv: list[str]) -> tuple[SimpleNamespace, dict]:
 
     meta = {"config_files": files, "cli": cli_values,
             "recipe_batch_size": from_files("training.batch_size"),
-            "recipe_world_size": from_files("dist.world_size")}
+            "recipe_world_size": from_files("dist.world_size"),
+            "recipe_accum_steps": from_files("training.accum_steps")}
     # A recipe shortened on the command line runs: its epoch-based keys are scaled to fit.
     recipe_epochs = from_files("training.epochs")
     meta["shrunk"] = fit_to_epochs(params, recipe_epochs, set(cli_values))
@@ -361,6 +406,7 @@ def check_values(p: SimpleNamespace) -> None:
     _need(t.weight_decay >= 0, "training.weight_decay", f"must be >= 0, got {t.weight_decay}")
     _need(0 <= t.label_smoothing < 1, "training.label_smoothing",
           f"must be in [0, 1), got {t.label_smoothing}")
+    check_recipe(p)
     _need(p.dist.world_size >= 1, "dist.world_size", f"must be at least 1, got {p.dist.world_size}")
     _need(p.data.num_workers >= 0, "data.num_workers", f"must be >= 0, got {p.data.num_workers}")
     _need(p.dist.timeout >= 30, "dist.timeout",
@@ -410,6 +456,49 @@ def check_values(p: SimpleNamespace) -> None:
         if not path:
             raise UserError(f"data.{key} is required (give --data.{key} PATH)")
         _need(Path(path).is_file(), f"data.{key}", f"file not found: {path}")
+
+
+def check_recipe(p: SimpleNamespace) -> None:
+    """The optimizer, loss, clipping, accumulation, augmentation and EMA keys."""
+    t, a = p.training, p.augment
+    _need(0 <= t.beta1 < 1, "training.beta1", f"must be in [0, 1), got {t.beta1}")
+    _need(0 <= t.beta2 < 1, "training.beta2", f"must be in [0, 1), got {t.beta2}")
+    _need(t.eps > 0, "training.eps", f"must be positive, got {t.eps}")
+    _need(0 <= t.bce_target_thresh < 1, "training.bce_target_thresh",
+          f"must be in [0, 1), got {t.bce_target_thresh}")
+    _need(t.nesterov in (0, 1) and (not t.nesterov or t.optimizer == "sgd"), "training.nesterov",
+          f"is for --training.optimizer sgd (got optimizer {t.optimizer})")
+    _need(not t.nesterov or t.momentum > 0, "training.nesterov", "needs training.momentum > 0")
+    _need(t.clip_grad >= 0, "training.clip_grad", f"must be >= 0, got {t.clip_grad}")
+    if p.resolution.schedule:
+        from .schedules import parse_stages
+
+        try:
+            stages = parse_stages(p.resolution.schedule, t.batch_size)
+        except ValueError as e:
+            raise UserError(f"resolution.schedule: {e}") from None
+        _need(stages[-1][0] < t.epochs, "resolution.schedule",
+              f"stage at epoch {stages[-1][0]} starts after the last epoch ({t.epochs - 1})")
+        if a.mixup_alpha > 0 or a.cutmix_alpha > 0:
+            _need(all(b % 2 == 0 for _, _, b in stages), "resolution.schedule",
+                  "mixup/cutmix need an even batch in every stage")
+    _need(t.checkpoint_every >= 0, "training.checkpoint_every",
+          f"must be >= 0, got {t.checkpoint_every}")
+    _need(t.accum_steps >= 1, "training.accum_steps", f"must be at least 1, got {t.accum_steps}")
+    for key in ("mixup_alpha", "cutmix_alpha", "randaug_mstd"):
+        _need(getattr(a, key) >= 0, f"augment.{key}", f"must be >= 0, got {getattr(a, key)}")
+    for key in ("mix_prob", "switch_prob", "erase_prob"):
+        value = getattr(a, key)
+        _need(0 <= value <= 1, f"augment.{key}", f"must be in [0, 1], got {value}")
+    if a.mixup_alpha > 0 or a.cutmix_alpha > 0:
+        _need(t.batch_size % 2 == 0, "training.batch_size",
+              f"mixup/cutmix pair each image with another: needs an even batch, got {t.batch_size}")
+    _need(0 <= a.randaug_ops <= 10, "augment.randaug_ops",
+          f"must be in [0, 10], got {a.randaug_ops}")
+    _need(0 <= a.randaug_magnitude <= 10, "augment.randaug_magnitude",
+          f"must be in [0, 10] (timm's scale), got {a.randaug_magnitude}")
+    _need(0 <= p.ema.decay < 1, "ema.decay", f"must be in [0, 1), got {p.ema.decay}")
+    _need(p.ema.every >= 1, "ema.every", f"must be at least 1, got {p.ema.every}")
 
 
 def as_flat_dict(p: SimpleNamespace) -> dict:

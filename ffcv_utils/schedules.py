@@ -98,3 +98,39 @@ def resolution_at(epoch: int, *, min_res: int, max_res: int, start_ramp: int,
 def scaled_lr(lr: float, global_batch: int, reference_batch: int) -> float:
     """Linear scaling rule (Goyal et al.): LR proportional to the global batch size."""
     return lr * global_batch / reference_batch
+
+
+def parse_stages(text: str, default_batch: int) -> list[tuple[int, int, int]]:
+    """``"epoch,size[,batch];..."`` (seed 000's form) as ``[(epoch, size, batch), ...]``.
+
+    Raises ValueError naming the problem. The first stage starts at epoch 0; a missing batch is
+    ``default_batch``. FixRes fine-tuning is a last stage at a higher size, e.g.
+    ``"0,160,512;85,224,256"``.
+    """
+    stages = []
+    for part in text.replace(" ", "").strip(";").split(";"):
+        fields = part.split(",")
+        if len(fields) not in (2, 3) or not all(f.isdigit() for f in fields):
+            raise ValueError(f"stage {part!r} is not epoch,size[,batch] in whole numbers")
+        epoch, size = int(fields[0]), int(fields[1])
+        batch = int(fields[2]) if len(fields) == 3 else default_batch
+        if size < 8 or batch < 1:
+            raise ValueError(f"stage {part!r}: size must be >= 8 pixels and batch >= 1")
+        if stages and epoch <= stages[-1][0]:
+            raise ValueError(f"stage {part!r}: epochs must increase")
+        stages.append((epoch, size, batch))
+    if not stages or stages[0][0] != 0:
+        raise ValueError("the first stage must start at epoch 0")
+    return stages
+
+
+def stage_at(stages: list[tuple[int, int, int]], epoch: int) -> tuple[int, int, int]:
+    """The stage in force during ``epoch`` (the last one that started at or before it)."""
+    return [s for s in stages if s[0] <= epoch][-1]
+
+
+def stage_epoch_lrs(epoch: int, iters: int, *, batch: int, base_batch: int,
+                    **schedule) -> np.ndarray:
+    """``epoch_lrs`` for a stage whose batch differs from the one the LR is set for: the
+    linear scaling rule applied per stage (iterations per epoch change with the batch)."""
+    return epoch_lrs(epoch, iters, **schedule) * (batch / base_batch)

@@ -1,0 +1,256 @@
+"""Recipe pieces shared by the trainer and the LR finder: optimizer, loss, batch augmentations on
+the device (per sample, seeded), weight EMA, and the optimizer step with clipping.
+
+Why these implementations:
+- LAMB, Mixup/CutMix, RandomErasing, soft-target/BCE losses and the weight EMA come from timm, the
+  library the RSB recipes were written with (same arithmetic as the papers' runs).
+- timm's Mixup in mode ``elem`` draws lambda and the mixup/cutmix choice per sample; its
+  RandomErasing draws a box per sample and fills it on the batch's device. Both draw from Python's
+  and NumPy's global RNGs, so every call runs under :func:`seeded` with a seed derived from
+  ``data.seed``, the rank, the epoch and the step: runs are reproducible and a resumed run
+  continues the same sequence.
+- RandAugment is torchvision's ``transforms.v2.RandAugment`` on uint8 tensors, called once per
+  sample (the transform draws one op for the whole tensor it is given, so a batch call would give
+  every image the same op). This is a Python loop of small kernels: cost grows with the batch.
+"""
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import param_groups
+
+OPTIMIZERS = ("sgd", "adamw", "lamb")
+LOSSES = ("ce", "bce")
+MIX_MODES = ("batch", "pair", "elem")
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer
+# ---------------------------------------------------------------------------------------------
+
+def build_optimizer(p, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov), AdamW or LAMB over the no-weight-decay groups."""
+    t = p.training
+    groups = param_groups(model, t.weight_decay, bn_wd=bool(t.bn_wd), bias_wd=bool(t.bias_wd))
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=t.momentum, nesterov=bool(t.nesterov))
+    betas = (t.beta1, t.beta2)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=t.eps)
+    from timm.optim import Lamb
+
+    return Lamb(groups, lr=lr, betas=betas, eps=t.eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------
+
+class RecipeLoss(nn.Module):
+    """Cross-entropy or binary cross-entropy that takes class indices (smoothed here) or soft
+    targets (mixup/cutmix output, already smoothed by the mixer)."""
+
+    def __init__(self, kind: str = "ce", smoothing: float = 0.0, bce_target_thresh: float = 0.0):
+        super().__init__()
+        from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
+
+        self.kind, self.smoothing = kind, smoothing
+        self.soft_ce = SoftTargetCrossEntropy()
+        self.bce = BinaryCrossEntropy(smoothing=smoothing,
+                                      target_threshold=bce_target_thresh or None)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.kind == "bce":
+            return self.bce(logits, targets)
+        if targets.ndim == 1:
+            return F.cross_entropy(logits, targets, label_smoothing=self.smoothing)
+        return self.soft_ce(logits, targets)
+
+
+def build_criterion(p) -> RecipeLoss:
+    t = p.training
+    return RecipeLoss(t.loss, t.label_smoothing, t.bce_target_thresh)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch augmentations (per sample, seeded)
+# ---------------------------------------------------------------------------------------------
+
+def step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
+    """A 32-bit seed per (run seed, rank, epoch, step): independent streams, resumable."""
+    return int(np.random.SeedSequence([seed, rank, epoch, step]).generate_state(1)[0])
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device):
+    """Seed Python's, NumPy's and torch's RNGs for the block and restore them afterwards."""
+    py, npy = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+class PerSampleRandAugment:
+    """torchvision's RandAugment applied to each image of a uint8 NCHW batch on its own, with
+    timm's magnitude noise (``rand-mM-mstdS``: magnitude ~ N(M, S) on timm's 0..10 scale)."""
+
+    def __init__(self, num_ops: int, magnitude: float, magnitude_std: float):
+        from torchvision.transforms import v2
+
+        self.magnitude, self.magnitude_std = magnitude, magnitude_std
+        self.transform = v2.RandAugment(num_ops=num_ops, magnitude=int(round(magnitude)),
+                                        num_magnitude_bins=11)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(images)
+        for i in range(images.shape[0]):
+            m = self.magnitude
+            if self.magnitude_std > 0:
+                m = random.gauss(m, self.magnitude_std)
+            self.transform.magnitude = int(min(10, max(0, round(m))))
+            out[i] = self.transform(images[i])
+        return out
+
+
+class BatchAugment:
+    """RandAugment on the uint8 batch, then ``prepare`` (normalise), random erasing and
+    mixup/cutmix on the float batch. Returns ``(inputs, targets)``; targets are soft
+    ``(B, num_classes)`` when mixing is on, else the labels."""
+
+    def __init__(self, num_classes: int, device: torch.device, *, seed: int = 0, rank: int = 0,
+                 randaug: PerSampleRandAugment | None = None, erase=None, mixup=None):
+        self.num_classes, self.device = num_classes, device
+        self.seed, self.rank = seed, rank
+        self.randaug, self.erase, self.mixup = randaug, erase, mixup
+
+    def __call__(self, images, labels, prepare, epoch: int, step: int):
+        with seeded(step_seed(self.seed, self.rank, epoch, step), self.device):
+            if self.randaug is not None:
+                images = self.randaug(images)
+            x = prepare(images)
+            if self.erase is not None:
+                x = self.erase(x)
+            if self.mixup is not None:
+                x, labels = self.mixup(x, labels)
+        return x, labels
+
+
+def build_batch_augment(p, num_classes: int, device: torch.device,
+                        rank: int = 0) -> BatchAugment | None:
+    """The batch augmentations the ``augment`` keys ask for, or None when all are off."""
+    a = p.augment
+    randaug = erase = mixup = None
+    if a.randaug_ops > 0:
+        randaug = PerSampleRandAugment(a.randaug_ops, a.randaug_magnitude, a.randaug_mstd)
+    if a.erase_prob > 0:
+        from timm.data.random_erasing import RandomErasing
+
+        erase = RandomErasing(probability=a.erase_prob, mode=a.erase_mode, device=device)
+    if a.mixup_alpha > 0 or a.cutmix_alpha > 0:
+        from timm.data import Mixup
+
+        mixup = Mixup(mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, prob=a.mix_prob,
+                      switch_prob=a.switch_prob, mode=a.mix_mode,
+                      label_smoothing=p.training.label_smoothing, num_classes=num_classes)
+    if randaug is erase is mixup is None:
+        return None
+    return BatchAugment(num_classes, device, seed=p.data.seed, rank=rank, randaug=randaug,
+                        erase=erase, mixup=mixup)
+
+
+# ---------------------------------------------------------------------------------------------
+# EMA of the weights
+# ---------------------------------------------------------------------------------------------
+
+def build_ema(p, model: nn.Module):
+    """timm's ModelEmaV3 (a copy of the model, lerped toward it), or None when ema.decay is 0."""
+    if p.ema.decay <= 0:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=p.ema.decay)
+
+
+def update_ema(ema, model: nn.Module, optimizer_steps: int, every: int) -> None:
+    """Update every ``every`` optimizer steps (the decay is per update, as in timm)."""
+    if ema is not None and optimizer_steps % every == 0:
+        ema.update(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer step: accumulation, clipping under a GradScaler
+# ---------------------------------------------------------------------------------------------
+
+def optimizer_step(optimizer, scaler, model: nn.Module, clip_grad: float) -> float | None:
+    """Unscale (so the clip threshold is in real gradient units), clip, step, update the scaler.
+    Returns the gradient norm before clipping when clipping is on."""
+    norm = None
+    if clip_grad > 0:
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def accumulation_groups(iters: int, accum: int) -> list[int]:
+    """Micro-batches in the accumulation group of each iteration (the last group may be short),
+    so each micro-batch's loss is divided by its own group's size."""
+    sizes = []
+    for start in range(0, iters, accum):
+        n = min(accum, iters - start)
+        sizes += [n] * n
+    return sizes
+
+
+class Recipe:
+    """What one training step needs besides the model and the batch: optimizer, scaler, loss,
+    batch augmentation, EMA, clipping. ``steps`` counts optimizer steps (EMA every-k)."""
+
+    def __init__(self, model, optimizer, scaler, criterion, augment=None, ema=None,
+                 clip_grad: float = 0.0, ema_every: int = 1):
+        self.model, self.optimizer, self.scaler, self.criterion = model, optimizer, scaler, criterion
+        self.augment, self.ema, self.clip_grad, self.ema_every = augment, ema, clip_grad, ema_every
+        self.steps = 0
+
+    def optimizer_step(self):
+        optimizer_step(self.optimizer, self.scaler, self.model, self.clip_grad)
+        self.steps += 1
+        update_ema(self.ema, self.model, self.steps, self.ema_every)
+
+
+def apply_sync_bn(model: nn.Module, enabled: bool, distributed: bool,
+                  device: torch.device) -> tuple[nn.Module, str]:
+    """SyncBatchNorm when asked for and useful (several processes); torch has it on GPUs only."""
+    if not enabled:
+        return model, ""
+    if not distributed:
+        return model, "training.sync_bn: one process, plain BatchNorm is the same thing"
+    if device.type != "cuda":
+        from .cli import UserError
+
+        raise UserError("training.sync_bn: SyncBatchNorm runs on GPUs only (torch); "
+                        "use --training.sync_bn 0 on CPU")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model), "SyncBatchNorm across processes"
+
+
+def periodic_checkpoint_name(epoch_done: int, every: int) -> str | None:
+    """``checkpoint_epoch_N.pt`` after every ``every``-th completed epoch (kept beside last/best)."""
+    if every > 0 and epoch_done % every == 0:
+        return f"checkpoint_epoch_{epoch_done}.pt"
+    return None
