@@ -9,6 +9,8 @@ A value the user typed on the command line is never changed; nonsense is still r
 """
 from __future__ import annotations
 
+from .schedules import parse_stages
+
 
 def _scaled(value, epochs: int, recipe: int, as_int: bool):
     x = value * epochs / recipe
@@ -48,7 +50,26 @@ def fit_to_epochs(p, recipe_epochs: int, given: set[str]) -> list[str]:
     if res.end_ramp > epochs and not {"resolution.start_ramp", "resolution.end_ramp"} & given:
         fit("resolution", "start_ramp", as_int=True)
         fit("resolution", "end_ramp", as_int=True)
+    if res.schedule and "resolution.schedule" not in given:
+        fit_stages(p, epochs, recipe_epochs, notes)
     return notes
+
+
+def fit_stages(p, epochs: int, recipe_epochs: int, notes: list[str]) -> None:
+    """Scale the start epochs of ``resolution.schedule``'s stages; stages that land on the same
+    epoch keep the later one (the one ``stage_at`` would use from then on)."""
+    try:
+        stages = parse_stages(p.resolution.schedule, p.training.batch_size)
+    except ValueError:
+        return  # refused with its reason by config.check_values
+    if stages[-1][0] < epochs:
+        return
+    fitted: dict[int, tuple[int, int]] = {}
+    for epoch, size, batch in stages:
+        fitted[min(epochs - 1, epoch * epochs // recipe_epochs)] = (size, batch)
+    new = ";".join(f"{e},{s},{b}" for e, (s, b) in sorted(fitted.items()))
+    notes.append(f"resolution.schedule '{p.resolution.schedule}' -> '{new}'")
+    p.resolution.schedule = new
 
 
 def warning(notes: list[str], epochs: int, recipe_epochs: int) -> str:

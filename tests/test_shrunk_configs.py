@@ -60,3 +60,14 @@ def test_typed_values_and_nonsense_are_still_refused(digits_betons):
     ]:
         with pytest.raises(UserError, match=words.replace("(", r"\(")):
             load_config(base + extra)
+
+
+def test_progressive_stages_are_scaled_into_a_short_run(digits_betons, capsys):
+    p, meta = load_config(["-C", str(ROOT / "rn50_configs" / "rn50_progressive_fast.yaml"),
+                           *data_args(digits_betons), "--training.epochs", "3"])
+    stages = [tuple(map(int, s.split(","))) for s in p.resolution.schedule.split(";")]
+    assert stages[0][0] == 0 and stages[-1][0] < 3
+    assert [e for e, _, _ in stages] == sorted({e for e, _, _ in stages})
+    # the recipe's last (largest) size is kept as the last stage
+    assert stages[-1][1] == 224
+    assert "resolution.schedule" in capsys.readouterr().err
