@@ -109,3 +109,15 @@ def test_loaders_check_their_beton(digits_betons, tmp_path):
     for make in (train_loader, val_loader):
         with pytest.raises(BetonError, match=f"^{bad}: some samples point at data"):
             make(str(bad), batch_size=8, num_workers=1, res=32)
+
+
+def test_a_file_found_sound_is_checked_again_once_it_changes(digits_betons, tmp_path):
+    # check() remembers sound files (trainer and loaders check the same beton); a file cut
+    # after a good check must still be refused.
+    good = tmp_path / "copy.beton"
+    shutil.copy(digits_betons[0], good)
+    shutil.copy(str(digits_betons[0]) + ".json", str(good) + ".json")
+    assert check(good) == check(good) > 0
+    good.write_bytes(good.read_bytes()[:-48])
+    with pytest.raises(BetonError, match="copy.beton"):
+        check(good)
