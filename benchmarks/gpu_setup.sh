@@ -5,7 +5,8 @@
 # with the .gpu/ bundle copied into the repository. The bundle in .gpu/ (git-ignored; how to rebuild it: benchmarks/README.md)
 # holds wheels/ (ffcv 1.0.2 built for cp312, plus the pure-Python fastargs, terminaltables,
 # assertpy, pytorch_pfn_extras) and debs/ (Debian bookworm's libturbojpeg0, libopencv-core406,
-# libopencv-imgproc406 and the libraries they link against). Wheels go to /tmp/site, the .debs
+# libopencv-imgproc406, libjpeg62-turbo for the fast decoder, and the libraries they link
+# against), optionally the fast decoder's _fastjpeg*.so built here. Wheels go to /tmp/site, the .debs
 # are unpacked under /tmp/sys, and only the libraries that machine lacks are put on
 # LD_LIBRARY_PATH, so its own newer copies win.
 _gpu_bundle="${GPU_BUNDLE:-.gpu}"
@@ -46,3 +47,18 @@ export LD_LIBRARY_PATH="/tmp/syslib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import ffcv, ffcv.libffcv; from ffcv.loader import Loader" \
     && echo "gpu_setup: ffcv importable; LD_LIBRARY_PATH gets $(ls /tmp/syslib | tr '\n' ' ')"
+# The fast decoder (ffcv_utils/csrc/fastjpeg.c) is a plain C library loaded with ctypes, so the
+# copy built by `make install` on the CPU machine works under any Python: take it from the bundle
+# (or carry ffcv_utils/_fastjpeg*.so), else build it when this machine has a compiler and
+# libjpeg's headers. Without it the loaders need --data.decoder ffcv.
+if ! ls ffcv_utils/_fastjpeg*.so >/dev/null 2>&1; then
+    if ls "$_gpu_bundle"/_fastjpeg*.so >/dev/null 2>&1; then
+        cp "$_gpu_bundle"/_fastjpeg*.so ffcv_utils/
+    elif command -v gcc >/dev/null && [ -f /usr/include/jpeglib.h ]; then
+        gcc -O3 -std=c99 -D_GNU_SOURCE -shared -fPIC ffcv_utils/csrc/fastjpeg.c -ljpeg \
+            -o ffcv_utils/_fastjpeg.so
+    fi
+fi
+python3 -c "from ffcv_utils import fast_decode; fast_decode.library()" 2>/dev/null \
+    && echo "gpu_setup: fast decoder loaded" \
+    || echo "gpu_setup: no fast decoder here (ffcv_utils/_fastjpeg*.so); use --data.decoder ffcv" >&2
