@@ -82,8 +82,13 @@ def render_loader(name: str, df) -> str:
     if loads and df[loads].notna().any().any():
         vals = df[loads].to_numpy().ravel()
         vals = vals[vals == vals]
+        cores = _first(df, "cpu_cores", None)
+        # the loaders' own workers (plus the timing process) account for about the core count
+        busy = (cores is not None and vals.max() > float(cores) + 0.5)
+        note = (f"{cores} cores shared with other work" if busy
+                else f"within the loaders' own use of the {cores} cores")
         head += (f" 1-minute load average around the loaders: {vals.min():.1f}-{vals.max():.1f} "
-                 f"(2 cores shared with other work; each loader's best round is shown).")
+                 f"({note}; each loader's best round is shown).")
     return head + "\n\n" + table
 
 
