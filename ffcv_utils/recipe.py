@@ -9,9 +9,12 @@ Why these implementations:
   and NumPy's global RNGs, so every call runs under :func:`seeded` with a seed derived from
   ``data.seed``, the rank, the epoch and the step: runs are reproducible and a resumed run
   continues the same sequence.
-- RandAugment is torchvision's ``transforms.v2.RandAugment`` on uint8 tensors, called once per
-  sample (the transform draws one op for the whole tensor it is given, so a batch call would give
-  every image the same op). This is a Python loop of small kernels: cost grows with the batch.
+- RandAugment uses torchvision's ``transforms.v2.RandAugment`` ops and magnitudes on uint8
+  tensors. Called on a batch, that transform draws one op for all images, and called per image it
+  is a Python loop of small kernels (256 calls per round at batch 256). Here each image draws its
+  own op, magnitude and sign, and each op runs once per distinct (op, magnitude, sign) on the
+  images that drew it: tens of calls per round whatever the batch. torchvision's ops compute
+  their statistics (contrast mean, histograms) per image, so this equals the per-image loop.
 """
 from __future__ import annotations
 
@@ -105,25 +108,58 @@ def seeded(seed: int, device: torch.device):
 
 
 class PerSampleRandAugment:
-    """torchvision's RandAugment applied to each image of a uint8 NCHW batch on its own, with
-    timm's magnitude noise (``rand-mM-mstdS``: magnitude ~ N(M, S) on timm's 0..10 scale)."""
+    """torchvision's RandAugment with an op, magnitude and sign drawn per image of a uint8 NCHW
+    batch, with timm's magnitude noise (``rand-mM-mstdS``: magnitude ~ N(M, S) on timm's 0..10
+    scale, rounded to torchvision's 11 bins)."""
+
+    BINS = 11
 
     def __init__(self, num_ops: int, magnitude: float, magnitude_std: float):
         from torchvision.transforms import v2
 
-        self.magnitude, self.magnitude_std = magnitude, magnitude_std
+        self.num_ops, self.magnitude, self.magnitude_std = num_ops, magnitude, magnitude_std
         self.transform = v2.RandAugment(num_ops=num_ops, magnitude=int(round(magnitude)),
-                                        num_magnitude_bins=11)
+                                        num_magnitude_bins=self.BINS)
+        self.ops = list(self.transform._AUGMENTATION_SPACE.items())
+
+    def draw(self, n: int) -> list[torch.Tensor]:
+        """Per round, an (n, 3) int tensor: op index, magnitude bin, sign (1: negated)."""
+        rounds = []
+        for _ in range(self.num_ops):
+            op = torch.randint(len(self.ops), (n,))
+            if self.magnitude_std > 0:
+                m = torch.normal(float(self.magnitude), float(self.magnitude_std), (n,))
+            else:
+                m = torch.full((n,), float(self.magnitude))
+            level = m.round().clamp(0, self.BINS - 1).long()
+            sign = (torch.rand(n) <= 0.5).long()
+            rounds.append(torch.stack([op, level, sign], dim=1))
+        return rounds
+
+    def apply(self, images: torch.Tensor, rounds: list[torch.Tensor]) -> torch.Tensor:
+        """The drawn ops, each called once on the images that share (op, magnitude, sign)."""
+        out = images.clone()
+        height, width = images.shape[-2:]
+        for plan in rounds:
+            groups: dict[tuple[str, float], list[int]] = {}
+            for i, (op, level, sign) in enumerate(plan.tolist()):
+                name, (magnitudes_fn, signed) = self.ops[op]
+                magnitudes = magnitudes_fn(self.BINS, height, width)
+                if name == "Identity":
+                    continue
+                value = 0.0 if magnitudes is None else float(magnitudes[level])
+                if signed and sign:
+                    value = -value
+                groups.setdefault((name, value), []).append(i)
+            for (name, value), rows in groups.items():
+                idx = torch.tensor(rows, device=images.device)
+                out[idx] = self.transform._apply_image_or_video_transform(
+                    out[idx], name, value, interpolation=self.transform.interpolation,
+                    fill=self.transform._fill)
+        return out
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(images)
-        for i in range(images.shape[0]):
-            m = self.magnitude
-            if self.magnitude_std > 0:
-                m = random.gauss(m, self.magnitude_std)
-            self.transform.magnitude = int(min(10, max(0, round(m))))
-            out[i] = self.transform(images[i])
-        return out
+        return self.apply(images, self.draw(images.shape[0]))
 
 
 class BatchAugment:

@@ -79,6 +79,49 @@ def test_each_augmentation_is_per_sample_and_seeded(digits_betons, images, keys)
     assert not torch.equal(other(batch, labels, prepare, 0, 3)[0], x1)  # data.seed matters
 
 
+def test_randaugment_groups_equal_torchvision_applied_image_by_image(images):
+    """Each op runs once on all the images that drew it; torchvision's ops keep per-image
+    statistics (contrast mean, equalize/autocontrast histograms), so the result must be what the
+    same op and magnitude give applied to each image alone. Every op is drawn by two different
+    images with the same magnitude, so each group holds images of different content."""
+    from ffcv_utils.recipe import PerSampleRandAugment
+
+    ra = PerSampleRandAugment(num_ops=2, magnitude=7, magnitude_std=0.0)
+    n_ops = len(ra.ops)
+    batch = torch.cat([images, images.flip(-1), 255 - images, images.roll(5, -2)])[:2 * n_ops]
+    n = batch.shape[0]
+    first = torch.stack([torch.arange(n) % n_ops, torch.full((n,), 7), torch.zeros(n).long()], 1)
+    second = ra.draw(n)[0]
+    out = ra.apply(batch, [first, second])
+    assert not torch.equal(out, batch)
+    h, w = batch.shape[-2:]
+    for i in range(n):
+        img = batch[i:i + 1]
+        for op, level, sign in (first[i].tolist(), second[i].tolist()):
+            name, (magnitudes_fn, signed) = ra.ops[op]
+            mags = magnitudes_fn(ra.BINS, h, w)
+            value = 0.0 if mags is None else float(mags[level]) * (-1 if signed and sign else 1)
+            img = ra.transform._apply_image_or_video_transform(
+                img, name, value, interpolation=ra.transform.interpolation,
+                fill=ra.transform._fill)
+        assert torch.equal(out[i:i + 1], img), (i, ra.ops[first[i, 0]][0])
+
+
+def test_randaugment_magnitudes_follow_the_noise(images):
+    from ffcv_utils.recipe import PerSampleRandAugment
+
+    torch.manual_seed(0)
+    fixed = PerSampleRandAugment(2, 9, 0.0).draw(4000)
+    assert (fixed[0][:, 1] == 9).all() and (fixed[1][:, 1] == 9).all()
+    noisy = torch.cat(PerSampleRandAugment(2, 9, 0.5).draw(4000))
+    levels = noisy[:, 1].float()
+    assert 8.7 < levels.mean() < 9.2 and set(levels.unique().tolist()) >= {8.0, 9.0, 10.0}
+    assert levels.max() <= 10  # clamped to torchvision's 11 bins
+    ops = torch.bincount(noisy[:, 0], minlength=14).float() / len(noisy)
+    assert (ops - 1 / 14).abs().max() < 0.02  # ops drawn uniformly, Identity included
+    assert 0.45 < noisy[:, 2].float().mean() < 0.55
+
+
 def test_mixed_labels_sum_to_one_and_keep_smoothing(digits_betons, images):
     p = params_for(digits_betons, "--augment.mixup_alpha", "0.8", "--augment.cutmix_alpha",
                    "1.0", "--training.label_smoothing", "0.1")
