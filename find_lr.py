@@ -3,10 +3,12 @@
     python find_lr.py --config-file CONFIG [--section.key VALUE ...] [--runs 3] [--steps 100]
         [--start-lr 1e-5] [--end-lr 10] [--out lr_finder.png]
 
-Works on CPU and under torchrun (each rank steps, losses averaged, rank 0 prints). Prints the
+Works on CPU and under torchrun (each rank steps, losses averaged, rank 0 prints). Each LR is one
+optimizer step as the trainer takes it (``training.accum_steps`` micro-batches). Prints the
 suggested LR as the value for ``lr.lr`` at the config's batch, plus a plot."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import statistics
@@ -21,7 +23,8 @@ from ffcv_utils.config import load_config
 from ffcv_utils.data import train_loader
 from ffcv_utils.models import create_model
 from ffcv_utils.recipe import build_batch_augment, build_criterion, build_optimizer, optimizer_step
-from train_imagenet import amp_dtype, autocast, check_class_lists, inputs, resolution_for
+from train_imagenet import (amp_dtype, autocast, check_class_lists, inputs, lr_batches,
+                            resolution_for)
 
 
 def finder_args(argv):
@@ -66,25 +69,41 @@ def one_sweep(p, env, num_classes, lrs, seed, num_workers):
                         num_workers=num_workers, res=resolution_for(p, 0), device=env.device,
                         distributed=env.distributed, in_memory=bool(p.data.in_memory), seed=seed)
 
+    accum = p.training.accum_steps
+
     def batches():
+        """The micro-batches of each optimizer step (training.accum_steps of them)."""
+        group = []
         for epoch in itertools.count():
             data.set_epoch(epoch)
-            yield from data.loader
+            for item in data.loader:
+                group.append(item)
+                if len(group) == accum:
+                    yield group
+                    group = []
 
-    def step(images, labels, lr):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    def step(group, lr):
+        """One optimizer step as the trainer takes it: gradients summed over the micro-batches
+        (no DDP all-reduce before the last), mean loss returned."""
+        for g in optimizer.param_groups:
+            g["lr"] = lr
         prepare = lambda im: inputs(im, dtype, bool(p.training.channels_last))  # noqa: E731
-        step.n += 1
-        if augment is not None:
-            x, targets = augment(images, labels, prepare, seed, step.n)
-        else:
-            x, targets = prepare(images), labels
-        with autocast(env.device, dtype):
-            loss = criterion(model(x), targets)
-        scaler.scale(loss).backward()
+        total = 0.0
+        for k, (images, labels) in enumerate(group):
+            step.n += 1
+            if augment is not None:
+                x, targets = augment(images, labels, prepare, seed, step.n)
+            else:
+                x, targets = prepare(images), labels
+            last = k == len(group) - 1
+            sync = contextlib.nullcontext() if last or not env.distributed else model.no_sync()
+            with sync:
+                with autocast(env.device, dtype):
+                    loss = criterion(model(x), targets)
+                scaler.scale(loss / len(group)).backward()
+            total = total + loss.detach() / len(group)
         optimizer_step(optimizer, scaler, model, p.training.clip_grad)
-        return loss
+        return total
 
     step.n = 0
 
@@ -111,8 +130,7 @@ def main(argv=None) -> dict:
             except ValueError as e:
                 raise UserError(f"--start-lr: {e}; start lower") from None
             curves.append((used, losses))
-        actual = p.training.batch_size * env.world_size
-        reference = p.lr.batch_size_for_lr or meta["recipe_batch_size"] * meta["recipe_world_size"]
+        actual, reference = lr_batches(p, meta, env)
         per_config = reference / actual if p.lr.scale_lr else 1.0
         result = {"suggestions": found, "mean": statistics.mean(found),
                   "median": statistics.median(found), "global_batch": actual,

@@ -171,13 +171,19 @@ def resolution_for(p, epoch: int) -> int:
 # LR: linear scaling to the actual global batch, per-iteration schedule
 # ---------------------------------------------------------------------------------------------
 
-def effective_lr(p, meta, env: du.DistEnv) -> tuple[float, str]:
-    """lr.lr scaled from the batch the config was written for to the real global batch."""
+def lr_batches(p, meta, env: du.DistEnv) -> tuple[int, int]:
+    """(actual global batch of an optimizer step, the global batch lr.lr was written for); both
+    count accumulation steps."""
     reference = p.lr.batch_size_for_lr or meta["recipe_batch_size"] * meta["recipe_world_size"]
     reference = reference * (meta.get("recipe_accum_steps", 1) if not p.lr.batch_size_for_lr
                              else 1)
+    return p.training.batch_size * env.world_size * p.training.accum_steps, reference
+
+
+def effective_lr(p, meta, env: du.DistEnv) -> tuple[float, str]:
+    """lr.lr scaled from the batch the config was written for to the real global batch."""
+    actual, reference = lr_batches(p, meta, env)
     accum = p.training.accum_steps
-    actual = p.training.batch_size * env.world_size * accum
     if actual == reference:
         return p.lr.lr, f"lr {p.lr.lr:g} for global batch {actual}"
     if not p.lr.scale_lr:

@@ -47,11 +47,12 @@ def suggest(lrs, losses) -> float:
 
 
 def sweep(step, batches, lrs, env: DistEnv) -> tuple[list[float], list[float]]:
-    """Run ``step(images, labels, lr) -> loss tensor`` over ``lrs``; every rank sees the same
-    averaged loss, so all stop at the same step. Returns (lrs used, losses)."""
+    """Run ``step(batch, lr) -> loss tensor`` over ``lrs``, one item of ``batches`` per LR (the
+    micro-batches of one optimizer step); every rank sees the same averaged loss, so all stop at
+    the same step. Returns (lrs used, losses)."""
     losses = []
-    for lr, (images, labels) in zip(lrs, batches):
-        loss = step(images, labels, float(lr)).detach().float().reshape(1)
+    for lr, batch in zip(lrs, batches):
+        loss = step(batch, float(lr)).detach().float().reshape(1)
         loss = float(all_reduce_sum(loss, env)) / env.world_size
         losses.append(loss)
         if diverged(smooth(losses)):

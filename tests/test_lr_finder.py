@@ -49,6 +49,23 @@ def test_finder_on_digits_gives_finite_lr_inside_the_sweep(digits_betons, tmp_pa
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_finder_steps_like_the_trainer_with_accumulation(digits_betons, tmp_path, monkeypatch):
+    """With training.accum_steps 2 at half the batch, each LR is one optimizer step over two
+    micro-batches: the same global batch (64), so the same lr.lr, as without accumulation."""
+    seen = []
+    real_step = find_lr.optimizer_step
+    monkeypatch.setattr(find_lr, "optimizer_step", lambda *a: seen.append(1) or real_step(*a))
+    args = args_for(digits_betons, tmp_path)
+    result = find_lr.main(["--runs", "1", "--steps", "8", "--start-lr", "1e-4", "--end-lr", "1e-2",
+                           "--out", str(tmp_path / "lr.png"), *args,
+                           "--training.batch_size", "32", "--training.accum_steps", "2"])
+    gc.collect()
+    assert result["global_batch"] == 64
+    assert result["lr_lr"] == pytest.approx(result["median"])
+    assert len(seen) == 8  # one optimizer step per LR, not one per micro-batch
+
+
 @pytest.mark.parametrize("bad, why", [(["--runs", "0"], "--runs"),
                                       (["--start-lr", "1", "--end-lr", "0.1"], "--start-lr")])
 def test_finder_refuses_bad_options(bad, why):
