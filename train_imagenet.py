@@ -141,14 +141,14 @@ def make_loaders(p, env: du.DistEnv, num_workers: int, epoch: int = 0):
 
 
 def warn_decode_failures(env: du.DistEnv, when: str, train_data, val) -> int:
-    """One line per epoch (or evaluation) when damaged JPEGs were met (decoded as far as possible, rest grey).
-    Counts are this process's (each rank decodes its own share)."""
-    failed = (train_data.take_failures() if train_data else 0) + take_decode_failures(val)
-    if failed:
-        who = f" on rank {env.rank}" if env.distributed else ""
-        print(f"=> warning: {when}: {failed} image(s) failed to decode{who} (damaged "
-              "JPEG in the beton: decoded as far as possible, the rest grey)",
-              file=sys.stderr, flush=True)
+    """One line per epoch (or evaluation) when damaged JPEGs were met (decoded as far as possible,
+    rest grey). Each rank decodes its own share: the count is summed over ranks, so every rank
+    must call this at the same point."""
+    mine = (train_data.take_failures() if train_data else 0) + take_decode_failures(val)
+    failed = int(du.all_reduce_sum(torch.tensor([float(mine)], device=env.device), env).item())
+    if failed and env.is_main:
+        print(f"=> warning: {when}: {failed} image(s) failed to decode (damaged JPEG in the "
+              "beton: decoded as far as possible, the rest grey)", file=sys.stderr, flush=True)
     return failed
 
 

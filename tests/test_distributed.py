@@ -1,6 +1,7 @@
 """torchrun with two CPU processes (gloo), launched with the shipped rn18 config: the LR is
 scaled to the real global batch, every one of the odd number of val images is evaluated exactly
-once, and the metrics reduced over ranks equal a single process's evaluation of the same weights."""
+once, the metrics reduced over ranks equal a single process's evaluation of the same weights, and
+a damaged JPEG in the val beton is counted once over the ranks."""
 import json
 import os
 import subprocess
@@ -17,8 +18,29 @@ def read_log(run_dir):
         return [json.loads(line) for line in f]
 
 
+def damaged_copy(beton, folder):
+    """``beton`` and its sidecar copied, the header of its first JPEG sample zeroed (that image
+    decodes grey and is counted as a decode failure)."""
+    import shutil
+
+    from ffcv.reader import Reader
+
+    from ffcv_utils.dataset_info import sidecar_path
+
+    out = Path(folder) / "val_damaged.beton"
+    shutil.copyfile(beton, out)
+    shutil.copyfile(sidecar_path(beton), sidecar_path(out))
+    meta = Reader(str(out)).metadata["f0"]
+    first_jpeg = int((meta["mode"] == 0).nonzero()[0][0])
+    with open(out, "r+b") as f:
+        f.seek(int(meta["data_ptr"][first_jpeg]))
+        f.write(b"\x00" * 64)
+    return out
+
+
 def test_torchrun_two_processes_counts_val_once(digits_betons, tmp_path):
-    train, val = digits_betons
+    train, _ = digits_betons
+    val = damaged_copy(digits_betons[1], tmp_path)
     common = ["--data.train_dataset", str(train), "--data.val_dataset", str(val),
               "--resolution.min_res", "32", "--resolution.max_res", "32",
               "--validation.resolution", "32", "--validation.batch_size", "100",
@@ -35,6 +57,10 @@ def test_torchrun_two_processes_counts_val_once(digits_betons, tmp_path):
     # 0.5 is for 1024 x 1 in the config; 64 x 2 processes -> 0.0625
     assert "lr scaled linearly 0.5 -> 0.0625: global batch 128" in result.stderr
     [record] = read_log(tmp_path / "ddp")  # rank 0 alone writes
+    # the damaged image is counted once, summed over ranks, in one line from rank 0
+    assert record["decode_failures"] == 1
+    assert result.stderr.count("failed to decode") == 1
+    assert "epoch 0: 1 image(s) failed to decode" in result.stderr
     assert record["val_images"] == 363  # odd: shards of 182 and 181, no padding, no repeats
     assert record["train_images"] == 2 * (717 // 64) * 64  # 1434 split over 2 ranks
     params = json.loads((tmp_path / "ddp" / "params.json").read_text())
@@ -48,7 +74,7 @@ def test_torchrun_two_processes_counts_val_once(digits_betons, tmp_path):
         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert single.returncode == 0, single.stderr[-4000:]
     [ev] = read_log(tmp_path / "single")
-    assert ev["val_images"] == 363
+    assert ev["val_images"] == 363 and ev["decode_failures"] == 1
     # the same weights on every shard (rank 0's BatchNorm statistics are synced before
     # evaluation), so the reduced metrics equal one process's, image for image
     assert round(ev["top_1"] * 363) == round(record["top_1"] * 363)
