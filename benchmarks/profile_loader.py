@@ -60,6 +60,9 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None, help="CSV to write (with machine columns)")
+    parser.add_argument("--crop", choices=("random", "center"), default="random",
+                        help="random: the training loader's RandomResizedCrop (+flip); center: "
+                             "the validation loader's centre crop 224/256 (no flip)")
     parser.add_argument("--loader-workers", type=int, default=1,
                         help="workers for the whole-loader reference measurement (0: skip)")
     args = parser.parse_args(argv)
@@ -71,7 +74,7 @@ def main(argv=None):
         parser.error(str(e))
 
     import numpy as np
-    from ffcv.fields.rgb_image import get_random_crop
+    from ffcv.fields.rgb_image import get_center_crop, get_random_crop
     from ffcv.libffcv import imdecode, resize_crop
 
     samples = load_samples(args.beton, args.images)
@@ -84,9 +87,12 @@ def main(argv=None):
     crops = {}
     for k, (_, h, w, _) in enumerate(samples):
         np.random.seed(k)
-        crops[k] = get_random_crop(h, w, scale, ratio)
+        crops[k] = (get_random_crop(h, w, scale, ratio) if args.crop == "random"
+                    else get_center_crop(h, w, None, 224 / 256))
 
     def per_image(fn, items):
+        if not items:  # e.g. no raw samples in an all-JPEG beton: the row is left out
+            return float("nan")
         best = float("inf")
         for _ in range(args.repeats):
             t0 = now()
@@ -181,7 +187,8 @@ def main(argv=None):
         {"step": "decode_full (jpg, full size)", "ms_per_image": decode_ms, "share_of": "jpg"},
         {"step": "resize_crop from decoded jpg", "ms_per_image": resize_j, "share_of": "jpg"},
         {"step": "resize_crop from raw (page cache)", "ms_per_image": resize_r, "share_of": "raw"},
-        {"step": "flip copy of the output", "ms_per_image": flip_ms, "share_of": "all"},
+        {"step": "flip copy of the output",  # the validation path has none: row left out
+         "ms_per_image": flip_ms if args.crop == "random" else float("nan"), "share_of": "all"},
         {"step": "decode with DCT scaling (possible)", "ms_per_image": scaled_ms,
          "share_of": "jpg"},
         {"step": "decode crop region only (possible)", "ms_per_image": crop_ms,
@@ -191,7 +198,12 @@ def main(argv=None):
         {"step": "resize INTER_LINEAR, cv2 wheel (possible)", "ms_per_image": linear_cv2,
          "share_of": "raw"},
     ]
-    expected = frac_j * (decode_ms + resize_j) + (1 - frac_j) * resize_r + flip_ms
+    # the validation path has no flip
+    def mix(jpg_ms, raw_ms):
+        """Per-image cost over this beton's mix (a kind it does not hold counts nothing)."""
+        return (frac_j * jpg_ms if n_j else 0.0) + ((1 - frac_j) * raw_ms if n_r else 0.0)
+
+    expected = mix(decode_ms + resize_j, resize_r) + (flip_ms if args.crop == "random" else 0.0)
     rows.append({"step": "sum per image (mix of this beton)", "ms_per_image": expected,
                  "share_of": f"{frac_j:.0%} jpg"})
     for row in rows:
@@ -201,7 +213,7 @@ def main(argv=None):
     from ffcv_utils import fast_decode
 
     lib = fast_decode.library()
-    flips = {k: k % 2 for k in range(len(samples))}
+    flips = {k: k % 2 if args.crop == "random" else 0 for k in range(len(samples))}
     slot = 63
 
     def fast_decode_only(k, s):
@@ -227,7 +239,7 @@ def main(argv=None):
     fast_dec = per_image(fast_decode_only, jpg_items)
     fast_j = per_image(fast_jpg, jpg_items)
     fast_r = per_image(fast_raw, raw_items)
-    fast_expected = frac_j * fast_j + (1 - frac_j) * fast_r
+    fast_expected = mix(fast_j, fast_r)
     rows += [
         {"step": "fast decode (crop only, DCT-scaled)", "ms_per_image": fast_dec,
          "share_of": "jpg"},
@@ -241,12 +253,16 @@ def main(argv=None):
     for row in rows[-4:]:
         row["path"] = "fast"
     if args.loader_workers:
-        from ffcv_utils.data import train_loader
+        from ffcv_utils.data import train_loader, val_loader
 
         for decoder, path, sum_ms in (("ffcv", "stock ffcv", expected),
                                       ("fast", "fast", fast_expected)):
-            loader = train_loader(args.beton, batch_size=64, num_workers=args.loader_workers,
-                                  res=res, device="cpu", decoder=decoder).loader
+            if args.crop == "random":
+                loader = train_loader(args.beton, batch_size=64, num_workers=args.loader_workers,
+                                      res=res, device="cpu", decoder=decoder).loader
+            else:
+                loader = val_loader(args.beton, batch_size=64, num_workers=args.loader_workers,
+                                    res=res, device="cpu", decoder=decoder)
             for _ in loader:  # compile + page cache
                 pass
             best = float("inf")
@@ -261,6 +277,7 @@ def main(argv=None):
     import pandas as pd
 
     df = pd.DataFrame(rows)[["path", "step", "ms_per_image", "share_of"]]
+    df = df[df.ms_per_image.notna()].reset_index(drop=True)
     info = machine_info("cpu")
     print(f"{Path(args.beton).name}: {len(samples)} images ({n_j} jpg, {n_r} raw), mean "
           f"{mean_hw / 1e3:.0f} kpixel, mean jpg {mean_jpg_kb:.0f} KiB, res {res}; "
@@ -269,6 +286,7 @@ def main(argv=None):
     print(markdown_table(df))
     if args.out:
         df["res"] = res
+        df["crop"] = args.crop
         df["images"] = len(samples)
         df["jpg_images"] = n_j
         df["mean_kpixel"] = round(mean_hw / 1e3, 1)

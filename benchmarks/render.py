@@ -124,11 +124,16 @@ def render_train(name: str, df) -> str:
 
 
 def render_profile(name: str, df) -> str:
+    crop = ("the validation centre crop (224/256, no flip)" if _first(df, "crop", "") == "center"
+            else "the random crop")
+    beton = str(_first(df, "beton", ""))
+    kind = "all-JPEG" if "-jpg-" in beton else "proportion"
     head = (f"**Where the loader's time goes** (`{name}`, `benchmarks/profile_loader.py`): one "
-            f"core, per image, {int(_first(df, 'images', 0))} images of the proportion beton "
+            f"core, per image, {int(_first(df, 'images', 0))} images of the {kind} beton "
             f"({int(_first(df, 'jpg_images', 0))} stored as JPEG, mean "
-            f"{_first(df, 'mean_kpixel')} kpixel), crop resized to {int(_first(df, 'res', 0))}px,"
-            f" minimum of repeated runs. Measured on {machine_line(df)}.")
+            f"{_first(df, 'mean_kpixel')} kpixel), {crop} resized to "
+            f"{int(_first(df, 'res', 0))}px, minimum of repeated runs. "
+            f"Measured on {machine_line(df)}.")
     cols = [c for c in ("path", "step", "ms_per_image", "share_of") if c in df.columns]
     return head + "\n\n" + markdown_table(df[cols])
 

@@ -123,6 +123,12 @@ def test_profile_loader_times_both_paths(loader_run, tmp_path):
     assert timed.sum() == 3 and (df.ms_per_image[timed] > 0).all()
     for col in MACHINE_COLUMNS:
         assert col in df.columns, col
+    # the validation path: centre crops, no flip step
+    profile_loader.main(["--beton", str(beton), "--res", "32", "--images", "20", "--repeats", "1",
+                         "--loader-workers", "0", "--crop", "center", "--out", str(out)])
+    val = pd.read_csv(out)
+    assert (val.crop == "center").all() and not val.step.str.startswith("flip").any()
+    assert val.ms_per_image.notna().all()
 
 
 @pytest.mark.timeout(300)
