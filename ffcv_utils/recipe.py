@@ -140,19 +140,30 @@ class PerSampleRandAugment:
         """The drawn ops, each called once on the images that share (op, magnitude, sign)."""
         out = images.clone()
         height, width = images.shape[-2:]
+        # each op's magnitude per bin, for this image size (computed once per call)
+        table = []
+        for name, (magnitudes_fn, signed) in self.ops:
+            mags = magnitudes_fn(self.BINS, height, width)
+            table.append((name, signed, None if mags is None else mags.tolist()))
         for plan in rounds:
             groups: dict[tuple[str, float], list[int]] = {}
             for i, (op, level, sign) in enumerate(plan.tolist()):
-                name, (magnitudes_fn, signed) = self.ops[op]
-                magnitudes = magnitudes_fn(self.BINS, height, width)
+                name, signed, magnitudes = table[op]
                 if name == "Identity":
                     continue
                 value = 0.0 if magnitudes is None else float(magnitudes[level])
                 if signed and sign:
                     value = -value
                 groups.setdefault((name, value), []).append(i)
+            if not groups:
+                continue
+            # every group's image indices in one host-to-device copy, sliced per group
+            order = torch.tensor([i for rows in groups.values() for i in rows],
+                                 device=images.device)
+            start = 0
             for (name, value), rows in groups.items():
-                idx = torch.tensor(rows, device=images.device)
+                idx = order[start:start + len(rows)]
+                start += len(rows)
                 out[idx] = self.transform._apply_image_or_video_transform(
                     out[idx], name, value, interpolation=self.transform.interpolation,
                     fill=self.transform._fill)
