@@ -8,7 +8,6 @@ optimizer step as the trainer takes it (``training.accum_steps`` micro-batches).
 suggested LR as the value for ``lr.lr`` at the config's batch, plus a plot."""
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import statistics
@@ -22,9 +21,9 @@ from ffcv_utils.cli import ArgParser, UserError, run_main
 from ffcv_utils.config import load_config
 from ffcv_utils.data import train_loader
 from ffcv_utils.models import create_model
-from ffcv_utils.recipe import build_batch_augment, build_criterion, build_optimizer, optimizer_step
-from train_imagenet import (amp_dtype, autocast, check_class_lists, inputs, lr_batches,
-                            resolution_for)
+from ffcv_utils.recipe import Recipe, build_batch_augment, build_criterion, build_optimizer
+from train_imagenet import (amp_dtype, check_class_lists, lr_batches, resolution_for,
+                            train_step)
 
 
 def finder_args(argv):
@@ -45,26 +44,28 @@ def finder_args(argv):
     return a, rest
 
 
-def build_recipe(p, num_classes, env):
-    """Model, optimizer, criterion and batch augmentation as the trainer builds them."""
+def build_recipe(p, num_classes, env, scaler) -> Recipe:
+    """Model, optimizer, criterion, batch augmentation and clipping as the trainer builds them
+    (no EMA: it does not change the loss the sweep reads)."""
     model = create_model(p.model.arch, num_classes, pretrained=bool(p.model.pretrained),
                          use_blurpool=bool(p.training.use_blurpool)).to(env.device)
     if p.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(p, model, p.lr.lr)
-    augment = build_batch_augment(p, num_classes, env.device, rank=env.rank)
-    return model, optimizer, build_criterion(p), augment
+    return Recipe(model, build_optimizer(p, model, p.lr.lr), scaler, build_criterion(p),
+                  augment=build_batch_augment(p, num_classes, env.device, rank=env.rank),
+                  clip_grad=p.training.clip_grad)
 
 
 def one_sweep(p, env, num_classes, lrs, seed, num_workers):
     torch.manual_seed(seed)
-    model, optimizer, criterion, augment = build_recipe(p, num_classes, env)
+    dtype = amp_dtype(p, env.device)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
+    recipe = build_recipe(p, num_classes, env, scaler)
+    model = recipe.model
     if env.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     model.train()
-    dtype = amp_dtype(p, env.device)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
     data = train_loader(p.data.train_dataset, batch_size=p.training.batch_size,
                         num_workers=num_workers, res=resolution_for(p, 0), device=env.device,
                         distributed=env.distributed, in_memory=bool(p.data.in_memory), seed=seed)
@@ -83,26 +84,16 @@ def one_sweep(p, env, num_classes, lrs, seed, num_workers):
                     group = []
 
     def step(group, lr):
-        """One optimizer step as the trainer takes it: gradients summed over the micro-batches
-        (no DDP all-reduce before the last), mean loss returned."""
-        for g in optimizer.param_groups:
+        """One optimizer step through the trainer's own train_step over the micro-batches (no
+        DDP all-reduce before the last); their mean loss."""
+        for g in recipe.optimizer.param_groups:
             g["lr"] = lr
-        prepare = lambda im: inputs(im, dtype, bool(p.training.channels_last))  # noqa: E731
         total = 0.0
         for k, (images, labels) in enumerate(group):
-            step.n += 1
-            if augment is not None:
-                x, targets = augment(images, labels, prepare, seed, step.n)
-            else:
-                x, targets = prepare(images), labels
-            last = k == len(group) - 1
-            sync = contextlib.nullcontext() if last or not env.distributed else model.no_sync()
-            with sync:
-                with autocast(env.device, dtype):
-                    loss = criterion(model(x), targets)
-                scaler.scale(loss / len(group)).backward()
+            step.n += 1  # the augmentation draws follow (seed, micro-batch) as (epoch, step)
+            loss = train_step(model, images, labels, recipe, p, env, dtype, seed, step.n,
+                              len(group), k == len(group) - 1)
             total = total + loss.detach() / len(group)
-        optimizer_step(optimizer, scaler, model, p.training.clip_grad)
         return total
 
     step.n = 0

@@ -198,12 +198,12 @@ def main(argv=None):
         {"step": "resize INTER_LINEAR, cv2 wheel (possible)", "ms_per_image": linear_cv2,
          "share_of": "raw"},
     ]
-    # the validation path has no flip
     def mix(jpg_ms, raw_ms):
         """Per-image cost over this beton's mix (a kind it does not hold counts nothing)."""
         return (frac_j * jpg_ms if n_j else 0.0) + ((1 - frac_j) * raw_ms if n_r else 0.0)
 
-    expected = mix(decode_ms + resize_j, resize_r) + (flip_ms if args.crop == "random" else 0.0)
+    expected = (mix(decode_ms + resize_j, resize_r)
+                + (flip_ms if args.crop == "random" else 0.0))  # the validation path has no flip
     rows.append({"step": "sum per image (mix of this beton)", "ms_per_image": expected,
                  "share_of": f"{frac_j:.0%} jpg"})
     for row in rows:

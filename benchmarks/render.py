@@ -126,8 +126,8 @@ def render_train(name: str, df) -> str:
 def render_profile(name: str, df) -> str:
     crop = ("the validation centre crop (224/256, no flip)" if _first(df, "crop", "") == "center"
             else "the random crop")
-    beton = str(_first(df, "beton", ""))
-    kind = "all-JPEG" if "-jpg-" in beton else "proportion"
+    kind = ("all-JPEG" if _first(df, "jpg_images", 0) == _first(df, "images", -1)
+            else "proportion")
     head = (f"**Where the loader's time goes** (`{name}`, `benchmarks/profile_loader.py`): one "
             f"core, per image, {int(_first(df, 'images', 0))} images of the {kind} beton "
             f"({int(_first(df, 'jpg_images', 0))} stored as JPEG, mean "

@@ -53,9 +53,11 @@ def test_finder_on_digits_gives_finite_lr_inside_the_sweep(digits_betons, tmp_pa
 def test_finder_steps_like_the_trainer_with_accumulation(digits_betons, tmp_path, monkeypatch):
     """With training.accum_steps 2 at half the batch, each LR is one optimizer step over two
     micro-batches: the same global batch (64), so the same lr.lr, as without accumulation."""
+    from ffcv_utils import recipe
+
     seen, swept = [], []
-    real_step = find_lr.optimizer_step
-    monkeypatch.setattr(find_lr, "optimizer_step", lambda *a: seen.append(1) or real_step(*a))
+    real_step = recipe.optimizer_step  # what Recipe.optimizer_step calls, once per step
+    monkeypatch.setattr(recipe, "optimizer_step", lambda *a: seen.append(1) or real_step(*a))
     # where the loss falls fastest over 8 steps is not this test's subject (a short sweep may
     # have no clear descent): take the middle LR, and note how many LRs were stepped
     monkeypatch.setattr(lr_finder, "suggest",
