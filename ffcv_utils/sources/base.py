@@ -1,0 +1,48 @@
+"""What the writer packs: a data source lists a split's classes and yields its samples; the
+packing side never knows whether they came from class folders, an archive, parquet shards or
+webdataset tars. A new layout implements ``Source`` and nothing else."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split. Exactly one of ``data`` (the encoded file as the source stores it:
+    JPEG, PNG, ...) and ``path`` (a file on disk) is set; ``name`` is how messages and the
+    skipped list call it (a path, or ``archive.tar:member``)."""
+
+    name: str
+    label: int
+    data: bytes | None = None
+    path: str | None = None
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        return Path(self.path).read_bytes()
+
+
+class Source(abc.ABC):
+    """One split of a data set in some layout.
+
+    ``classes[label]`` is the class name (the wnid where the layout has one); ``skipped`` lists
+    ``(name, why)`` for entries dropped while scanning (not images, unlabelled). Iteration yields
+    every sample once, in a fixed order (labels in ``range(len(classes))``), and ``len`` is their
+    count, known before iterating so the beton can be laid out."""
+
+    classes: list[str]
+    skipped: list[tuple[str, str]]
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[Sample]: ...
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    def describe(self) -> str:
+        """Words for the summary: which layout was read from where."""
+        return type(self).__name__
