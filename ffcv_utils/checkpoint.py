@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -71,12 +72,60 @@ def write_error(e: OSError) -> WriteError | None:
     return WriteError(f"cannot write {e.filename or 'the run folder'}: {e.strerror}")
 
 
-def training_state(*, model, optimizer, scaler, epoch: int, best_top1: float, params: dict,
-                   run_id: str, history: list | None = None) -> dict:
-    """Everything a resumed run needs. ``epoch`` is the number of completed epochs."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "best_top1": best_top1,
-            "params": params, "run_id": run_id, "history": history or []}
+@dataclass
+class Progress:
+    """Where a run stands: completed epochs, the best top-1 so far, the per-epoch history."""
+
+    epoch: int = 0
+    best_top1: float = -1.0
+    history: list = field(default_factory=list)
+
+
+def training_state(recipe, progress: Progress, *, params: dict, run_id: str) -> dict:
+    """Everything a resumed run needs: the weights, the optimizer, the scaler, the EMA and the
+    optimizer step count (EMA every-k) of ``recipe``, and ``progress``."""
+    state = {"model": recipe.model.state_dict(), "optimizer": recipe.optimizer.state_dict(),
+             "scaler": recipe.scaler.state_dict(), "optimizer_steps": recipe.steps,
+             "epoch": progress.epoch, "best_top1": progress.best_top1,
+             "history": list(progress.history), "params": params, "run_id": run_id}
+    if recipe.ema is not None:
+        state["ema"] = recipe.ema.module.state_dict()
+    return state
+
+
+def restore_training(checkpoint: dict, recipe) -> tuple[Progress, list[str]]:
+    """Load a checkpoint's optimizer, scaler, EMA and step count into ``recipe`` (whose model
+    already holds its weights, see :func:`load_weights`); ``(progress, warnings)``."""
+    recipe.optimizer.load_state_dict(checkpoint["optimizer"])
+    recipe.scaler.load_state_dict(checkpoint["scaler"])
+    recipe.steps = checkpoint.get("optimizer_steps", 0)
+    warnings = []
+    if recipe.ema is not None and isinstance(checkpoint.get("ema"), dict):
+        recipe.ema.module.load_state_dict(strip_wrappers(checkpoint["ema"]))
+    elif recipe.ema is not None:
+        recipe.ema.module.load_state_dict(recipe.model.state_dict())
+        warnings.append("the checkpoint has no EMA weights; the EMA restarts from the resumed "
+                        "weights")
+    progress = Progress(checkpoint["epoch"], checkpoint["best_top1"],
+                        list(checkpoint.get("history", [])))
+    return progress, warnings
+
+
+def changed_settings(checkpoint: dict, params: dict) -> list[str]:
+    """Keys of the schedule (lr, training, resolution) that differ from the checkpointed run's."""
+    old = checkpoint.get("params", {})
+    return [k for k, v in params.items()
+            if k.split(".")[0] in ("lr", "training", "resolution")
+            and k != "training.resume" and k in old and old[k] != v]
+
+
+def save_epoch(state: dict, run_dir: Path, *, is_best: bool, backup: str | None) -> None:
+    """The end-of-epoch checkpoint as LAST, also as BEST and as a periodic ``backup`` name."""
+    atomic_save(state, run_dir / LAST)
+    if is_best:
+        atomic_save(state, run_dir / BEST)
+    if backup:
+        atomic_save(state, run_dir / backup)
 
 
 def load(path: str | Path) -> dict:
@@ -108,6 +157,18 @@ def weights_from_file(path: str | Path, ema: bool = False) -> tuple[dict, dict]:
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return strip_wrappers(obj), {}
     raise ValueError(f"{path} holds neither a state_dict nor a training checkpoint")
+
+
+def load_weights(model, path, what: str, ema: bool = False) -> tuple[dict, str]:
+    """Load ``path`` (a state_dict or a checkpoint) into ``model``; ``(checkpoint or {}, which
+    weights were loaded in words)``. A file that does not fit is one UserError naming ``what``."""
+    try:
+        state, checkpoint = weights_from_file(path, ema=ema)
+        model.load_state_dict(state)
+    except Exception as e:  # a foreign file: pickle errors, wrong keys or shapes
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what}: cannot load {path} into this model: {first}") from None
+    return checkpoint, which_weights(checkpoint, ema)
 
 
 def find_last(run_dir: str | Path) -> Path | None:

@@ -27,10 +27,12 @@ from .schedules import SCHEDULES
 from .shrink import fit_to_epochs, warning as shrink_warning
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-OPTIMIZERS = ("sgd", "adamw", "lamb")  # as ffcv_utils.recipe (not imported: it pulls in torch)
+OPTIMIZERS = ("sgd", "adamw", "lamb")
 LOSSES = ("ce", "bce")
 MIX_MODES = ("batch", "pair", "elem")
 ERASE_MODES = ("const", "rand", "pixel")
+# Image decoders: "fast" (ffcv_utils.fast_decode: crop-first, DCT-scaled) or ffcv's stock ones.
+DECODERS = ("fast", "ffcv")
 
 
 class StrictInt(Checker):
@@ -109,7 +111,7 @@ def declare_sections(cfg: Config) -> Config:
         seed=Param(INT, "seed for data order, augmentation and model init", default=0),
         loader_timeout=Param(FLOAT, "seconds a loader may produce no batch before the run is "
                                     "ended as stuck (0: wait forever)", default=600),
-        decoder=Param(OneOf(["fast", "ffcv"]), "image decoding: fast (crop first, DCT-scaled; "
+        decoder=Param(OneOf(DECODERS), "image decoding: fast (crop first, DCT-scaled; "
                       "ffcv_utils/fast_decode.py) or ffcv (the stock decoders)", default="fast"),
     )
     section("dist", "distributed training (launch with torchrun)").params(
@@ -148,8 +150,10 @@ def declare_sections(cfg: Config) -> Config:
                                      "dist.world_size as set by the config files)", default=0),
     )
     section("model", "model").params(
-        arch=Param(TEXT, "any torchvision classification model", default="resnet18"),
-        pretrained=Param(FLAG, "start from torchvision's ImageNet weights (1/0)", default=0),
+        arch=Param(TEXT, "any torchvision classification model, or timm:NAME for any timm "
+                             "model (e.g. timm:convnext_tiny)", default="resnet18"),
+        pretrained=Param(FLAG, "start from torchvision's (or timm's) pretrained weights (1/0)",
+                          default=0),
         weights=Param(TEXT, "weights or checkpoint file to start from / evaluate", default=""),
         num_classes=Param(INT, "0: from the class list beside the training beton", default=0),
         weights_ema=Param(FLAG, "model.weights / eval-only: use a checkpoint's EMA weights when "
@@ -375,7 +379,7 @@ def _need(ok: bool, key: str, why: str) -> None:
 
 def check_values(p: SimpleNamespace) -> None:
     """Refuse nonsense values, naming the key. Runs before any data or model is touched."""
-    from .models import classification_archs
+    from .models import TIMM_PREFIX, check_arch
 
     t, r, lr, v = p.training, p.resolution, p.lr, p.validation
     _need(t.epochs >= 1, "training.epochs", f"must be at least 1, got {t.epochs}")
@@ -434,11 +438,9 @@ def check_values(p: SimpleNamespace) -> None:
     run_id = p.logging.run_id
     _need(run_id == "" or (os.sep not in run_id and run_id not in (".", "..")),
           "logging.run_id", f"must be a plain folder name, got {run_id!r}")
-    archs = classification_archs()
-    if p.model.arch not in archs:
-        raise UserError(f"model.arch: unknown torchvision classification model "
-                        f"{p.model.arch!r}{_suggest(p.model.arch, archs)}")
-    if p.model.pretrained and p.model.num_classes not in (0, 1000):
+    check_arch(p.model.arch)
+    if (p.model.pretrained and not p.model.arch.startswith(TIMM_PREFIX)
+            and p.model.num_classes not in (0, 1000)):
         raise UserError("model.pretrained: torchvision's weights have 1000 classes, "
                         f"model.num_classes is {p.model.num_classes}")
     if p.model.weights:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .beton import check as check_beton
+from .config import DECODERS
 from .watchdog import watch
 
 # ImageNet statistics on the 0-255 scale, as the decoders output uint8.
@@ -22,9 +23,7 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # FixRes / standard evaluation: centre crop of 224/256 of the shorter side.
 DEFAULT_CROP_RATIO = 224 / 256
-# Image decoders: "fast" (ffcv_utils.fast_decode: crop-first, DCT-scaled) or ffcv's stock ones.
-DECODERS = ("fast", "ffcv")
-DEFAULT_DECODER = "fast"
+DEFAULT_DECODER = DECODERS[0]
 
 
 @dataclass

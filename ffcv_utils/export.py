@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import UserError
+from .cli import ArgParser, UserError
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .dataset_info import atomic_write_text
-from .predict import RunModel, collect, preprocess, to_input
+from .predict import RunModel, collect, load_run_model, preprocess, to_input
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -99,3 +99,27 @@ def check(rm: RunModel, fmt: str, path: Path, images=None, atol: float = 1e-3) -
         raise UserError(f"{path}: exported model disagrees with PyTorch (max |logit diff| "
                         f"{diff:.2e}, same top-1: {same_top1})")
     return {"images": len(x), "max_abs_diff": diff, "same_top1": same_top1}
+
+
+def main(argv=None) -> int:
+    ap = ArgParser(prog="export.py", description="Export a trained run's model (ONNX or "
+                   "TorchScript) and check it against PyTorch on real images.")
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--format", required=True, choices=FORMATS)
+    ap.add_argument("--check-images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                    help="real images to compare the exported model with PyTorch on "
+                         "(default: the run's validation beton)")
+    ap.add_argument("--out", help="output file (default: beside the weights)")
+    a = ap.parse_args(argv)
+    rm = load_run_model(a.weights, "cpu")
+    out = Path(a.out) if a.out else Path(a.weights).parent / f"model{SUFFIX[a.format]}"
+    side = export(rm, a.format, out)
+    try:
+        res = check(rm, a.format, out, a.check_images)
+    except BaseException:  # a model that disagrees with PyTorch is not left for an app to use
+        out.unlink(missing_ok=True)
+        side.unlink(missing_ok=True)
+        raise
+    print(f"wrote {out} and {side}; matches PyTorch on {res['images']} images "
+          f"(same top-1, max |logit diff| {res['max_abs_diff']:.1e})")
+    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .cli import UserError
+from .cli import ArgParser, UserError
 from .data import DEFAULT_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from .models import create_model
 
@@ -45,14 +46,9 @@ def load_run_model(weights: str | Path, device: torch.device | str = "cpu") -> R
         raise UserError(f"{run_dir / 'classes.json'}: {len(classes)} class names for a model "
                         f"with {num_classes} outputs")
     model = create_model(params["model.arch"], num_classes, pretrained=False,
-                         use_blurpool=bool(params.get("training.use_blurpool", 0)))
-    try:
-        state, _ = ckpt.weights_from_file(weights)
-        model.load_state_dict(state)
-    except Exception as e:  # foreign file: pickle errors, wrong keys or shapes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"--weights: cannot load {weights} into {params['model.arch']}: "
-                        f"{first}") from None
+                         use_blurpool=bool(params.get("training.use_blurpool", 0)),
+                         resolutions={int(params["validation.resolution"])})
+    ckpt.load_weights(model, weights, f"--weights ({params['model.arch']})")
     model.eval().to(device)
     return RunModel(model, classes, int(params["validation.resolution"]),
                     float(params.get("validation.crop_ratio", DEFAULT_CROP_RATIO)),
@@ -152,3 +148,32 @@ def accuracy(results, labels_by_file: dict) -> dict:
         top1 += names[0] == label
         top5 += label in names
     return {"images": n, "top_1": top1 / n if n else None, "top_5": top5 / n if n else None}
+
+
+def main(argv=None) -> int:
+    ap = ArgParser(prog="predict.py",
+                   description="Top-5 predictions of a trained run on your own images.")
+    ap.add_argument("--weights", required=True, help="RUN_DIR/final_weights.pt (or a checkpoint)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    a = ap.parse_args(argv)
+    if a.batch_size < 1:
+        raise UserError(f"--batch-size: must be at least 1, got {a.batch_size}")
+    rm = load_run_model(a.weights, a.device)
+    files, labels = collect(a.inputs)
+    results, unreadable = predict(rm, files, a.batch_size, a.device)
+    for f, top in results:
+        print(f"{f}: " + ", ".join(f"{c} {p:.3f}" for c, p in top))
+    for f, why in unreadable:
+        print(f"skipped unreadable {f}: {why}", file=sys.stderr)
+    if labels is not None:
+        known = set(rm.classes)
+        by_file = {f: lab for f, lab in zip(files, labels) if lab in known}
+        acc = accuracy(results, by_file)
+        if acc["images"]:
+            print(f"accuracy on {acc['images']} labelled images: top-1 {acc['top_1']:.4f} "
+                  f"top-5 {acc['top_5']:.4f}")
+    if not results:
+        raise UserError("no readable images among the inputs")
+    return 0

@@ -28,10 +28,6 @@ from torch import nn
 
 from .models import param_groups
 
-OPTIMIZERS = ("sgd", "adamw", "lamb")
-LOSSES = ("ce", "bce")
-MIX_MODES = ("batch", "pair", "elem")
-
 
 # ---------------------------------------------------------------------------------------------
 # Optimizer

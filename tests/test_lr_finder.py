@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import gc
 import math
-import sys
 
 import numpy as np
 import pytest
 
-from test_train import ROOT, args_for
+from test_train import args_for
 
-sys.path.insert(0, str(ROOT))
-import find_lr  # noqa: E402
-from ffcv_utils import lr_finder  # noqa: E402
-from ffcv_utils.cli import UserError  # noqa: E402
+from ffcv_utils import lr_finder
+from ffcv_utils.cli import UserError
+from ffcv_utils.train import find_lr
 
 pytestmark = pytest.mark.timeout(240)
 

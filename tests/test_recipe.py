@@ -220,7 +220,7 @@ class NoBN(nn.Module):
 
 
 def test_accumulation_equals_one_big_batch(digits_betons, images):
-    import train_imagenet as ti
+    from ffcv_utils.train.steps import train_step
 
     env = SimpleNamespace(distributed=False, device=CPU)
     labels = torch.arange(8) % 10
@@ -234,8 +234,8 @@ def test_accumulation_equals_one_big_batch(digits_betons, images):
         recipe = Recipe(model, build_optimizer(p, model, 0.5), torch.amp.GradScaler("cpu"),
                         build_criterion(p))
         for i, start in enumerate(range(0, 8, batch)):
-            ti.train_step(model, images[start:start + batch], labels[start:start + batch],
-                          recipe, p, env, None, 0, i, accum, steps_now=(i + 1) % accum == 0)
+            train_step(model, images[start:start + batch], labels[start:start + batch],
+                       recipe, env, None, True, 0, i, accum, steps_now=(i + 1) % accum == 0)
         assert recipe.steps == 1
         results.append(torch.cat([q.detach().flatten() for q in model.parameters()]))
     torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=1e-6)
@@ -312,8 +312,8 @@ def test_stage_schedule_sets_batch_resolution_and_lr_per_epoch(digits_betons):
     """Each epoch (including one a resumed run starts at) gets its stage's batch and size, and
     the LR follows the linear scaling rule relative to training.batch_size."""
     import numpy as np
-    import train_imagenet as ti
     from ffcv_utils.schedules import epoch_lrs, stage_epoch_lrs
+    from ffcv_utils.train import plan as ti
 
     p = params_for(digits_betons, "--training.batch_size", "64", "--training.epochs", "6",
                    "--resolution.schedule", "0,24,64;2,32,32;5,40,16")
