@@ -49,9 +49,15 @@ def _expected(photos, split, order=None):
 
 
 def _got(source):
-    got = Counter((hashlib.sha1(s.read()).hexdigest(), s.label) for s in source)
-    assert sum(got.values()) == len(source)
-    return got
+    """Counter of (sha1, label) over the source; also checks ``len``, ``labels()`` (known
+    before reading) and that ``subset`` yields exactly the samples asked for."""
+    samples = list(source)
+    assert len(samples) == len(source)
+    assert [s.label for s in samples] == source.labels()
+    part = source.subset([2, 0])
+    assert len(part) == 2
+    assert [(s.name, s.read()) for s in part] == [(x.name, x.read()) for x in samples[2::-2]]
+    return Counter((hashlib.sha1(s.read()).hexdigest(), s.label) for s in samples)
 
 
 WNIDS = [w for w, _ in sd.photo_synsets(3)]

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..cli import UserError
-from .base import Sample, Source
+from .base import Sample
+from .scanned import ScannedSource
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """A regular file inside an archive: its name and where its bytes lie in the archive."""
 
@@ -75,15 +76,24 @@ def scan_nested(path: str | Path) -> tuple[list[tuple[str, list[Member]]], list[
     return inner, skipped
 
 
-def read_members(path: str | Path, members: Iterable[Member]) -> Iterator[bytes]:
-    """The bytes of each member, read with one open file (sequential when in archive order)."""
-    with open(path, "rb") as f:
-        for m in members:
+def read_members(members: Iterable[tuple[Path, Member]]) -> Iterator[bytes]:
+    """The bytes of each (archive, member), reopening only when the archive changes (one
+    sequential pass when the members come in archive order)."""
+    f, current = None, None
+    try:
+        for path, m in members:
+            if path != current:
+                if f is not None:
+                    f.close()
+                f, current = open(path, "rb"), path
             f.seek(m.offset)
             data = f.read(m.size)
             if len(data) != m.size:
                 raise UserError(f"{path}:{m.name}: archive ends early (did it change?)")
             yield data
+    finally:
+        if f is not None:
+            f.close()
 
 
 def class_of_archive(name: str) -> str:
@@ -91,7 +101,7 @@ def class_of_archive(name: str) -> str:
     return Path(name).name[: -len(".tar")]
 
 
-class TarClassesSource(Source):
+class TarClassesSource(ScannedSource):
     """``ILSVRC2012_img_train.tar``: one inner tar per class, named by the class (its wnid).
     Classes are the sorted inner tar names unless ``classes`` (the train class list) is given;
     samples come class by class in label order, each class in its tar's order."""
@@ -114,11 +124,8 @@ class TarClassesSource(Source):
         if not self._items:
             raise UserError(f"no images in {self.path} (expected one .tar per class inside)")
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def __iter__(self) -> Iterator[Sample]:
-        datas = read_members(self.path, (m for _, m in self._items))
+        datas = read_members((self.path, m) for _, m in self._items)
         for (label, m), data in zip(self._items, datas):
             yield Sample(f"{self.path}:{m.name}", label, data=data)
 

@@ -14,7 +14,8 @@ from typing import Iterator
 import numpy as np
 
 from ..cli import UserError
-from .base import Sample, Source
+from .base import Sample
+from .scanned import ScannedSource
 
 SPLIT_NAMES = {"train": "train", "val": "validation"}
 BATCH = 256
@@ -55,7 +56,7 @@ def _load(dataset: str, split: str, cache_dir: str | None):
                         f"{first}") from None
 
 
-class HFSource(Source):
+class HFSource(ScannedSource):
     """One split of a Hugging Face dataset, in row order. ``classes`` (the train class list,
     named in messages as ``class_source``) sets the label order by the ClassLabel's names."""
 
@@ -85,7 +86,7 @@ class HFSource(Source):
                 raise UserError(f"class {unknown[0]!r} of {self.dataset} is not in the class "
                                 f"list from {class_source} ({len(unknown)} such classes)")
             labels = np.array([index[n] for n in names], dtype=np.int64)[labels]
-        self._labels = labels
+        self._items = [(int(label), row) for row, label in enumerate(labels)]
         self._ds = ds.select_columns([self.image_column]).cast_column(
             self.image_column, datasets.Image(decode=False))
         self.skipped: list[tuple[str, str]] = []
@@ -93,21 +94,17 @@ class HFSource(Source):
     def where(self, row: int) -> str:
         return f"{self.dataset} split {self.split} row {row}"
 
-    def __len__(self) -> int:
-        return len(self._labels)
-
     def __iter__(self) -> Iterator[Sample]:
-        row = 0
-        for batch in self._ds.iter(batch_size=BATCH):
-            for image in batch[self.image_column]:
-                label = int(self._labels[row])
-                data, path = image.get("bytes"), image.get("path")
-                name = f"{self.where(row)}" + (f" ({path})" if path else "")
-                if data is None and path:
-                    yield Sample(name, label, path=path)
-                else:  # no bytes and no path: an empty file, which the writer skips
-                    yield Sample(name, label, data=data or b"")
-                row += 1
+        rows = [row for _, row in self._items]
+        ds = self._ds if rows == list(range(len(self._ds))) else self._ds.select(rows)
+        images = (image for batch in ds.iter(batch_size=BATCH) for image in batch[self.image_column])
+        for (label, row), image in zip(self._items, images):
+            data, path = image.get("bytes"), image.get("path")
+            name = self.where(row) + (f" ({path})" if path else "")
+            if data is None and path:
+                yield Sample(name, label, path=path)
+            else:  # no bytes and no path: an empty file, which the writer skips
+                yield Sample(name, label, data=data or b"")
 
     def describe(self) -> str:
         return f"Hugging Face dataset {self.dataset} (split {self.split})"

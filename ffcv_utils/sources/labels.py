@@ -20,7 +20,8 @@ from typing import Iterator
 
 from ..cli import UserError
 from .archives import Member, read_members, scan_tar
-from .base import Sample, Source
+from .base import Sample
+from .scanned import ScannedSource
 
 KAGGLE_HEADER = ("ImageId", "PredictionString")
 KAGGLE_SYNSETS = "LOC_synset_mapping.txt"
@@ -163,7 +164,7 @@ def _looks_like_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in Image.registered_extensions()
 
 
-class LabelledSource(Source):
+class LabelledSource(ScannedSource):
     """Images of a folder (walked recursively) or an uncompressed tar, each labelled by
     ``labels``. ``classes`` (the train class list, named in messages as ``class_source``)
     sets the label order; without it the labels' own full list or the sorted classes named.
@@ -171,7 +172,7 @@ class LabelledSource(Source):
 
     def __init__(self, images: str | Path, labels: Labels, classes: list[str] | None = None,
                  class_source: str | None = None):
-        self.images, self.labels = Path(images).expanduser(), labels
+        self.images, self.label_file = Path(images).expanduser(), labels
         if classes is None:
             classes = labels.classes or sorted({c for c, _ in labels.rows.values()})
             class_source = labels.classes_from or labels.source
@@ -182,11 +183,11 @@ class LabelledSource(Source):
                 raise UserError(f"{where}: class {name!r} is not in the class list from "
                                 f"{class_source}")
         self.skipped: list[tuple[str, str]] = []
-        self._items: list[tuple[str, int, Member | None]] = []
+        self._items: list[tuple[int, str, Member | None]] = []
         for rel, member in self._entries():
             hit = labels.lookup(rel)
             if hit is not None:
-                self._items.append((rel, index[hit[0]], member))
+                self._items.append((index[hit[0]], rel, member))
             elif _looks_like_image(rel):
                 raise UserError(f"no label for image {self._where(rel)} in {labels.source}")
             else:
@@ -204,17 +205,14 @@ class LabelledSource(Source):
     def _where(self, rel: str) -> str:
         return f"{self.images / rel}" if self.images.is_dir() else f"{self.images}:{rel}"
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def __iter__(self) -> Iterator[Sample]:
         if self.images.is_dir():
-            for rel, label, _ in self._items:
+            for label, rel, _ in self._items:
                 yield Sample(self._where(rel), label, path=str(self.images / rel))
             return
-        datas = read_members(self.images, (m for _, _, m in self._items))
-        for (rel, label, _), data in zip(self._items, datas):
+        datas = read_members((self.images, m) for _, _, m in self._items)
+        for (label, rel, _), data in zip(self._items, datas):
             yield Sample(self._where(rel), label, data=data)
 
     def describe(self) -> str:
-        return f"{self.images} labelled by {self.labels.source}"
+        return f"{self.images} labelled by {self.label_file.source}"

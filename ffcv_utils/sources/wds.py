@@ -17,7 +17,8 @@ from typing import Iterator
 
 from ..cli import UserError
 from .archives import Member, open_tar, read_members
-from .base import Sample, Source
+from .base import Sample
+from .scanned import ScannedSource
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 NAME_KEYS = ("class_name", "wnid", "synset")
@@ -110,27 +111,36 @@ def scan_shard(path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
     return kept, skipped
 
 
-def _names_from_json(samples: list[dict], where: str) -> list[str] | None:
-    """Class names by label from the samples' ``json``, or None when the shards name none."""
-    names: dict[int, tuple[str, str]] = {}
-    for s in samples:
-        if s["name"] is None:
-            continue
-        seen = names.setdefault(s["label"], (s["name"], s["key"]))
-        if seen[0] != s["name"]:
-            raise UserError(f"{s['key']}: label {s['label']} is named {s['name']!r} here but "
-                            f"{seen[0]!r} at {seen[1]}")
+def _note_name(names: dict[int, tuple[str, str]], sample: dict, where: str) -> None:
+    """Record the json's class name for the sample's label; a label named two ways is refused."""
+    if sample["name"] is None:
+        return
+    seen = names.setdefault(sample["label"], (sample["name"], where))
+    if seen[0] != sample["name"]:
+        raise UserError(f"{where}: label {sample['label']} is named {sample['name']!r} here but "
+                        f"{seen[0]!r} at {seen[1]}")
+
+
+def _class_names(classes, class_source, names: dict[int, tuple[str, str]], count: int,
+                 spec: str) -> list[str]:
+    """The given class list (checked against the json's names), else the json's names (every
+    label named), else the label numbers."""
+    if classes is not None:
+        for label, (name, where) in sorted(names.items()):
+            if label < len(classes) and classes[label] != name:
+                raise UserError(f"{where}: label {label} is {classes[label]!r} in the class list "
+                                f"from {class_source} but the json names {name!r}")
+        return list(classes)
     if not names:
-        return None
-    count = max(s["label"] for s in samples) + 1
+        return [str(i) for i in range(count)]
     unnamed = [i for i in range(count) if i not in names]
     if unnamed:
-        raise UserError(f"the json of {where} names {len(names)} of {count} labels (not label "
+        raise UserError(f"the json of {spec} names {len(names)} of {count} labels (not label "
                         f"{unnamed[0]}); give the class list with --cfg.class_list")
     return [names[i][0] for i in range(count)]
 
 
-class WdsSource(Source):
+class WdsSource(ScannedSource):
     """webdataset shards in shard order, each shard in its own order; of a folder, the shards
     of ``split`` when their names say splits. ``classes`` (the train class list, named in
     messages as ``class_source``) gives the names; the shards' json must agree with it."""
@@ -139,41 +149,27 @@ class WdsSource(Source):
                  class_source: str | None = None, split: str | None = None):
         self.spec = str(shards)
         self.skipped: list[tuple[str, str]] = []
-        self._shards: list[tuple[Path, list[dict]]] = []
+        self._items: list[tuple[int, Path, Member]] = []
+        names: dict[int, tuple[str, str]] = {}
         for path in shard_paths(shards, split):
             kept, skipped = scan_shard(path)
-            for s in kept:
-                s["key"] = f"{path}:{s['key']}"
-            self._shards.append((path, kept))
             self.skipped.extend(skipped)
-        samples = [s for _, kept in self._shards for s in kept]
-        if not samples:
+            for s in kept:
+                _note_name(names, s, f"{path}:{s['key']}")
+                self._items.append((s["label"], path, s["image"]))
+        if not self._items:
             raise UserError(f"no samples with an image in {self.spec}")
-        if classes is None:
-            classes = _names_from_json(samples, self.spec)
-            class_source = f"the json of {self.spec}"
-        if classes is None:
-            classes = [str(i) for i in range(max(s["label"] for s in samples) + 1)]
-        self.classes = list(classes)
-        for s in samples:
-            if not 0 <= s["label"] < len(self.classes):
-                raise UserError(f"{s['key']}.cls: label {s['label']} is outside the "
-                                f"{len(self.classes)} classes of {class_source or self.spec}")
-            if s["name"] is not None and class_source is not None \
-                    and s["name"] != self.classes[s["label"]]:
-                raise UserError(f"{s['key']}: label {s['label']} is {self.classes[s['label']]!r} "
-                                f"in the class list from {class_source} but the json names "
-                                f"{s['name']!r}")
-        self._count = len(samples)
-
-    def __len__(self) -> int:
-        return self._count
+        count = max(label for label, _, _ in self._items) + 1
+        self.classes = _class_names(classes, class_source, names, count, self.spec)
+        for label, path, m in self._items:
+            if not 0 <= label < len(self.classes):
+                raise UserError(f"{path}:{split_key(m.name)[0]}.cls: label {label} is outside "
+                                f"the {len(self.classes)} classes of {class_source or self.spec}")
 
     def __iter__(self) -> Iterator[Sample]:
-        for path, kept in self._shards:
-            datas = read_members(path, (s["image"] for s in kept))
-            for s, data in zip(kept, datas):
-                yield Sample(f"{path}:{s['image'].name}", s["label"], data=data)
+        datas = read_members((path, m) for _, path, m in self._items)
+        for (label, path, m), data in zip(self._items, datas):
+            yield Sample(f"{path}:{m.name}", label, data=data)
 
     def describe(self) -> str:
         return f"webdataset shards {self.spec}"
