@@ -116,7 +116,8 @@ def make_photo_folder(root: str | Path, images: int = 2000, classes: int = 10,
 # CSV of file,class. Class folders become ImageNet-style wnids so every layout names classes
 # alike; the devkit's ILSVRC2012_IDs are deliberately not in sorted-wnid order, as in ImageNet.
 
-_IMAGENET_FIRST = [("n01440764", "tench, Tinca tinca"), ("n01443537", "goldfish, Carassius auratus"),
+_IMAGENET_FIRST = [("n01440764", "tench, Tinca tinca"),
+                   ("n01443537", "goldfish, Carassius auratus"),
                    ("n01484850", "great white shark, white shark, man-eater"),
                    ("n01491361", "tiger shark, Galeocerdo cuvieri"),
                    ("n01494475", "hammerhead, hammerhead shark")]
@@ -124,7 +125,8 @@ _IMAGENET_FIRST = [("n01440764", "tench, Tinca tinca"), ("n01443537", "goldfish,
 
 def photo_synsets(count: int) -> list[tuple[str, str]]:
     """(wnid, words) for ``count`` classes, sorted by wnid: ImageNet's first ones, then made up."""
-    extra = [(f"n{99000000 + i:08d}", f"made-up class {i}") for i in range(len(_IMAGENET_FIRST), count)]
+    extra = [(f"n{99000000 + i:08d}", f"made-up class {i}")
+             for i in range(len(_IMAGENET_FIRST), count)]
     return (_IMAGENET_FIRST + extra)[:count]
 
 
@@ -142,7 +144,8 @@ def photo_set(photos: str | Path) -> dict[str, list[tuple[Path, int, str]]]:
         if split == "train":
             out[split] = [(f, y, f"{wnids[y]}_{f.stem}.JPEG") for f, y in rows]
         else:
-            out[split] = [(f, y, f"ILSVRC2012_val_{n:08d}.JPEG") for n, (f, y) in enumerate(rows, 1)]
+            out[split] = [(f, y, f"ILSVRC2012_val_{n:08d}.JPEG")
+                          for n, (f, y) in enumerate(rows, 1)]
     return out
 
 
@@ -172,7 +175,8 @@ def make_kaggle_layout(photos: str | Path, root: str | Path) -> Path:
         rows = ["ImageId,PredictionString"]
         for f, y, name in sets["val"]:
             shutil.copyfile(f, data / "val" / name)
-            rows.append(f"{Path(name).stem},{synsets[y][0]} 10 20 200 300 {synsets[y][0]} 5 5 50 50")
+            wnid = synsets[y][0]
+            rows.append(f"{Path(name).stem},{wnid} 10 20 200 300 {wnid} 5 5 50 50")
         (tmp / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
         (tmp / "LOC_synset_mapping.txt").write_text("".join(f"{w} {t}\n" for w, t in synsets))
     return root
@@ -214,7 +218,8 @@ def make_imagenet_archives(photos: str | Path, root: str | Path) -> Path:
     root, sets = Path(root), photo_set(photos)
     synsets = photo_synsets(len({y for _, y, _ in sets["train"]}))
     with _building(root) as tmp:
-        with tarfile.open(tmp / "ILSVRC2012_img_train.tar", "w", format=tarfile.GNU_FORMAT) as outer:
+        train_tar = tmp / "ILSVRC2012_img_train.tar"
+        with tarfile.open(train_tar, "w", format=tarfile.GNU_FORMAT) as outer:
             for y, (wnid, _) in reversed(list(enumerate(synsets))):  # not in class order
                 inner = io.BytesIO()
                 with tarfile.open(fileobj=inner, mode="w", format=tarfile.GNU_FORMAT) as tar:
@@ -248,7 +253,8 @@ def make_hf_parquet(photos: str | Path, root: str | Path) -> Path:
     with _building(root) as tmp:
         (tmp / "data").mkdir()
         for split, hf_split in (("train", "train"), ("val", "validation")):
-            rows = {"image": [{"bytes": f.read_bytes(), "path": name} for f, _, name in sets[split]],
+            rows = {"image": [{"bytes": f.read_bytes(), "path": name}
+                              for f, _, name in sets[split]],
                     "label": [y for _, y, _ in sets[split]]}
             ds = datasets.Dataset.from_dict(rows, features=features)
             ds.to_parquet(str(tmp / "data" / f"{hf_split}-00000-of-00001.parquet"))

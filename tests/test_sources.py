@@ -69,6 +69,8 @@ def _val_sources(L):
     flat = k / "ILSVRC/Data/CLS-LOC/val"
     return {
         "kaggle root": dict(data_dir=k),
+        "kaggle CLS-LOC": dict(data_dir=k / "ILSVRC/Data/CLS-LOC"),
+        "kaggle val folder": dict(data_dir=flat),
         "kaggle csv": dict(data_dir=flat, val_labels=k / "LOC_val_solution.csv"),
         "custom csv": dict(data_dir=flat, val_labels=L["csv"]),
         "devkit folder": dict(data_dir=flat, devkit=a / "ILSVRC2012_devkit_t12"),
@@ -129,6 +131,11 @@ def test_labels_follow_the_train_class_list(layouts, tmp_path):
     assert _got(train) == _expected(layouts["photos"], "train", order)
     hf = open_source("val", hf_dataset=str(layouts["hf"]), class_list=WORDS[::-1])
     assert _got(hf) == _expected(layouts["photos"], "val", order)
+    extra = ["a class the dataset lacks"] + WORDS[::-1]
+    hf = open_source("val", hf_dataset=str(layouts["hf"]), class_list=extra)
+    assert _got(hf) == _expected(layouts["photos"], "val", ["none"] + order)
+    _one_line_error(r"class 'tench, Tinca tinca' of .* is not in the class list from the class "
+                    r"list given", hf_dataset=str(layouts["hf"]), class_list=WORDS[1:])
     # webdataset labels are numbers: a class list that disagrees with the shards' json is refused
     with pytest.raises(UserError, match=r"val-0000\.tar:.*json names"):
         open_source("val", wds_shards=str(layouts["wds"]), class_list=order)

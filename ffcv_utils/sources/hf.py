@@ -75,8 +75,10 @@ class HFSource(ScannedSource):
         bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
         if bad.size:
             row = int(bad[0])
-            raise UserError(f"{self.where(row)}: label {labels[row]} (unlabelled; "
-                            f"{bad.size} such rows; the test split of ImageNet has no labels)")
+            what = ("unlabelled; the test split of ImageNet has no labels" if labels[row] < 0
+                    else f"not one of the {len(names)} classes")
+            raise UserError(f"{self.where(row)}: label {labels[row]} ({what}; "
+                            f"{bad.size} such rows)")
         self.classes = names if classes is None else list(classes)
         if classes is not None:
             index = {c: i for i, c in enumerate(self.classes)}
@@ -85,7 +87,7 @@ class HFSource(ScannedSource):
             if unknown:
                 raise UserError(f"class {unknown[0]!r} of {self.dataset} is not in the class "
                                 f"list from {class_source} ({len(unknown)} such classes)")
-            labels = np.array([index[n] for n in names], dtype=np.int64)[labels]
+            labels = np.array([index.get(n, -1) for n in names], dtype=np.int64)[labels]
         self._items = [(int(label), row) for row, label in enumerate(labels)]
         self._ds = ds.select_columns([self.image_column]).cast_column(
             self.image_column, datasets.Image(decode=False))
@@ -97,7 +99,8 @@ class HFSource(ScannedSource):
     def __iter__(self) -> Iterator[Sample]:
         rows = [row for _, row in self._items]
         ds = self._ds if rows == list(range(len(self._ds))) else self._ds.select(rows)
-        images = (image for batch in ds.iter(batch_size=BATCH) for image in batch[self.image_column])
+        images = (image for batch in ds.iter(batch_size=BATCH)
+                  for image in batch[self.image_column])
         for (label, row), image in zip(self._items, images):
             data, path = image.get("bytes"), image.get("path")
             name = self.where(row) + (f" ({path})" if path else "")

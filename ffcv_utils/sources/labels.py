@@ -65,7 +65,8 @@ def read_labels_csv(path: str | Path) -> Labels:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read labels file {path}: {getattr(e, 'strerror', None) or e}") from None
+        why = getattr(e, "strerror", None) or e
+        raise UserError(f"cannot read labels file {path}: {why}") from None
     rows, kaggle = {}, False
     for n, row in enumerate(csv.reader(io.StringIO(text)), 1):
         if not row or not "".join(row).strip():

@@ -7,7 +7,9 @@
     --cfg.data_dir X --cfg.devkit D       flat folder/tar labelled by the ILSVRC2012 devkit
     --cfg.data_dir ILSVRC2012_img_train.tar   tar of per-class tars (archives.py)
     --cfg.data_dir KAGGLE_ROOT            Kaggle's unpacked ``imagenet-object-localization-
-                                          challenge``: val labelled by its LOC_val_solution.csv
+                                          challenge`` (or its ILSVRC/Data/CLS-LOC): val labelled
+                                          by its LOC_val_solution.csv; train is an ImageFolder
+                                          tree at data_root(KAGGLE_ROOT)
 """
 from __future__ import annotations
 
@@ -26,6 +28,17 @@ def data_root(data_dir: str | Path) -> Path:
     else ``data_dir`` itself (what the ImageFolder scan should be given)."""
     root = Path(data_dir).expanduser()
     return root / KAGGLE_DATA if (root / KAGGLE_DATA).is_dir() else root
+
+
+def kaggle_labels(data_dir: str | Path) -> Path | None:
+    """Kaggle's ``LOC_val_solution.csv`` when ``data_dir`` is the unpacked root or lies in its
+    ``ILSVRC/Data/CLS-LOC`` (so val needs no labels option), else None."""
+    path = Path(data_dir).expanduser().absolute()
+    for root in (path, *list(path.parents)[:4]):
+        data = root / KAGGLE_DATA
+        if data.is_dir() and (root == path or path.is_relative_to(data)):
+            return root / KAGGLE_LABELS if (root / KAGGLE_LABELS).is_file() else None
+    return None
 
 
 def _class_list(class_list) -> tuple[list[str] | None, str | None]:
@@ -91,9 +104,8 @@ def open_source(split: str, *, data_dir: str | Path | None = None,
     root = Path(data_dir).expanduser()
     if not root.exists():
         raise UserError(f"data not found: {root}")
-    if split == "val" and not (val_labels or devkit) and (root / KAGGLE_LABELS).is_file() \
-            and (root / KAGGLE_DATA).is_dir():
-        val_labels = root / KAGGLE_LABELS
+    if split == "val" and not (val_labels or devkit):
+        val_labels = kaggle_labels(root)
     if val_labels or devkit:
         from .labels import LabelledSource, read_devkit, read_labels_csv
 
