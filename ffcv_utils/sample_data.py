@@ -5,11 +5,15 @@
   epochs, so the demo and the end-to-end tests can check that training really learns.
 * ``photos``: ImageNet-like JPEGs (random crops of scikit-learn's two sample photographs at
   ImageNet's typical sizes, quality 90) for loader benchmarks and writer tests.
+* ``forms``: a ``photos`` set laid out as every other source the writer reads: Kaggle's
+  layout, ImageNet's official archives and devkit, Hugging Face parquet, webdataset shards and
+  a CSV of ``file,class`` (classes named by ImageNet-style wnids).
 
-Both are written to a temporary folder and renamed into place, so a folder that exists is complete.
+Each is written to a temporary folder and renamed into place, so a folder that exists is complete.
 
     python -m ffcv_utils.sample_data digits demo_data/digits
     python -m ffcv_utils.sample_data photos bench_data/photos --images 2000 --classes 10
+    python -m ffcv_utils.sample_data forms demo_data/forms --photos bench_data/photos
 """
 from __future__ import annotations
 
@@ -280,6 +284,23 @@ def make_wds_shards(photos: str | Path, root: str | Path, per_shard: int = 16) -
     return root
 
 
+def make_source_forms(photos: str | Path, root: str | Path) -> dict[str, Path]:
+    """Every form above under ``root``: ``kaggle/``, ``archives/``, ``wds/``, ``val_labels.csv``
+    and, when ``datasets`` is installed, ``hf/``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    forms = dict(kaggle=make_kaggle_layout(photos, root / "kaggle"),
+                 archives=make_imagenet_archives(photos, root / "archives"),
+                 wds=make_wds_shards(photos, root / "wds"),
+                 csv=write_labels_csv(photos, root / "val_labels.csv"))
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        return forms
+    forms["hf"] = make_hf_parquet(photos, root / "hf")
+    return forms
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
@@ -291,12 +312,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--val-images", type=int, default=0)
     p.add_argument("--classes", type=int, default=10)
+    f = sub.add_parser("forms", help="an ImageFolder photo set laid out as every source the "
+                                     "writer reads (Kaggle, archives + devkit, parquet, shards)")
+    f.add_argument("root")
+    f.add_argument("--photos", required=True, help="ImageFolder tree with train/ and val/")
     args = parser.parse_args(argv)
     if Path(args.root).exists():
         print(f"{args.root} exists; keeping it")
         return
     if args.kind == "digits":
         make_digits_folder(args.root, size=args.size)
+    elif args.kind == "forms":
+        forms = make_source_forms(args.photos, args.root)
+        print(f"wrote {', '.join(forms)} to {args.root}")
+        return
     else:
         make_photo_folder(args.root, images=args.images, classes=args.classes,
                           val_images=args.val_images)

@@ -29,15 +29,8 @@ def hf_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def layouts(photos_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("layouts")
-    return dict(
-        photos=photos_dir,
-        kaggle=sd.make_kaggle_layout(photos_dir, out / "kaggle"),
-        archives=sd.make_imagenet_archives(photos_dir, out / "archives"),
-        hf=sd.make_hf_parquet(photos_dir, out / "hf"),
-        wds=sd.make_wds_shards(photos_dir, out / "wds", per_shard=16),
-        csv=sd.write_labels_csv(photos_dir, out / "val_labels.csv"),
-    )
+    forms = sd.make_source_forms(photos_dir, tmp_path_factory.mktemp("layouts") / "forms")
+    return dict(forms, photos=photos_dir)
 
 
 def _expected(photos, split, order=None):
