@@ -71,6 +71,7 @@ def _val_sources(L):
                                         devkit=a / "ILSVRC2012_devkit_t12.tar.gz"),
         "val tar + kaggle csv": dict(data_dir=a / "ILSVRC2012_img_val.tar",
                                      val_labels=k / "LOC_val_solution.csv"),
+        "downloads folder": dict(data_dir=a),
         "wds pattern": dict(wds_shards=str(L["wds"] / "val-{0000..0001}.tar")),
         "wds folder": dict(wds_shards=str(L["wds"])),
     }
@@ -93,7 +94,8 @@ def test_every_train_form_gives_the_same_images_labels_and_classes(layouts):
     assert data_root(layouts["kaggle"]) == layouts["kaggle"] / "ILSVRC/Data/CLS-LOC"
     tar = open_source("train", data_dir=layouts["archives"] / "ILSVRC2012_img_train.tar")
     wds = open_source("train", wds_shards=str(layouts["wds"]))
-    for source in (tar, wds):
+    downloads = open_source("train", data_dir=layouts["archives"])
+    for source in (tar, wds, downloads):
         assert source.classes == WNIDS
         assert _got(source) == want
     labels = [s.label for s in tar]

@@ -6,6 +6,8 @@
     --cfg.data_dir X --cfg.val_labels F   flat folder/tar labelled by a CSV (labels.py)
     --cfg.data_dir X --cfg.devkit D       flat folder/tar labelled by the ILSVRC2012 devkit
     --cfg.data_dir ILSVRC2012_img_train.tar   tar of per-class tars (archives.py)
+    --cfg.data_dir DOWNLOADS              a folder holding ImageNet's ILSVRC2012_img_*.tar
+                                          (+ the devkit, which labels val)
     --cfg.data_dir KAGGLE_ROOT            Kaggle's unpacked ``imagenet-object-localization-
                                           challenge`` (or its ILSVRC/Data/CLS-LOC): val labelled
                                           by its LOC_val_solution.csv; train is an ImageFolder
@@ -21,6 +23,7 @@ from .base import Source
 
 KAGGLE_DATA = Path("ILSVRC/Data/CLS-LOC")
 KAGGLE_LABELS = "LOC_val_solution.csv"
+DEVKITS = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_devkit_t12")
 
 
 def data_root(data_dir: str | Path) -> Path:
@@ -39,6 +42,16 @@ def kaggle_labels(data_dir: str | Path) -> Path | None:
         if data.is_dir() and (root == path or path.is_relative_to(data)):
             return root / KAGGLE_LABELS if (root / KAGGLE_LABELS).is_file() else None
     return None
+
+
+def official_archives(folder: Path, split: str) -> tuple[Path | None, Path | None]:
+    """``(ILSVRC2012_img_<split>.tar, devkit)`` in a folder of ImageNet's downloads (one that
+    has no ``<split>/`` folder), else ``(None, None)``; a devkit (for val) where one lies there."""
+    archive = folder / f"ILSVRC2012_img_{split}.tar"
+    if not folder.is_dir() or (folder / split).is_dir() or not archive.is_file():
+        return None, None
+    devkits = [folder / d for d in DEVKITS if (folder / d).exists()] if split == "val" else []
+    return archive, (devkits or [None])[0]
 
 
 def _class_list(class_list) -> tuple[list[str] | None, str | None]:
@@ -104,6 +117,9 @@ def open_source(split: str, *, data_dir: str | Path | None = None,
     root = Path(data_dir).expanduser()
     if not root.exists():
         raise UserError(f"data not found: {root}")
+    archive, found_devkit = official_archives(root, split)
+    if archive is not None:
+        root, devkit = archive, devkit or (None if val_labels else found_devkit)
     if split == "val" and not (val_labels or devkit):
         val_labels = kaggle_labels(root)
     if val_labels or devkit:
