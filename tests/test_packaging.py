@@ -33,8 +33,9 @@ def _environment():
 
 def test_conda_and_pip_routes_name_the_same_runtime_packages():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    # the runtime dependencies plus the `watch` extra (`make install` installs it)
-    pip_route = {_name(d) for d in project["dependencies"] + project["optional-dependencies"]["watch"]}
+    # the runtime dependencies plus the `watch` and `hf` extras (`make install` installs them)
+    extras = project["optional-dependencies"]
+    pip_route = {_name(d) for d in project["dependencies"] + extras["watch"] + extras["hf"]}
     env, conda, pip = _environment()
     conda_names = {CONDA_TO_PIP.get(_name(c), _name(c)) for c in conda} - CONDA_ONLY
     pip_names = {_name(p) for p in pip if not p.startswith("-e")}
