@@ -32,6 +32,7 @@ class Checked:
     positions: list[int] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
+    as_is: list[bool] = field(default_factory=list)  # its own bytes could be the stored JPEG
     skipped: list[dict] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
 
@@ -63,12 +64,12 @@ def subset_positions(labels: list[int], num_classes: int, n: int) -> set[int]:
     return chosen
 
 
-def _probe_sample(args) -> tuple[str | None, int, int]:
+def _probe_sample(args) -> tuple[str | None, int, int, bool]:
     sample, max_resolution = args
     try:
         data = sample.read()
     except OSError as e:
-        return f"unreadable image: {str(e)[:200]}", 0, 0
+        return f"unreadable image: {str(e)[:200]}", 0, 0, False
     return probe(data, max_resolution)
 
 
@@ -109,7 +110,7 @@ def check_source(source: Source, *, max_resolution: int, num_workers: int, subse
     out.skipped = [{"file": name, "reason": why} for name, why in source.skipped]
     with tqdm(total=total, desc="checking", unit="file", disable=not progress,
               dynamic_ncols=True) as bar:
-        for pos, s, (reason, w, h) in _probe_all(items, max_resolution, num_workers, total):
+        for pos, s, (reason, w, h, as_is) in _probe_all(items, max_resolution, num_workers, total):
             if not 0 <= s.label < len(source.classes):
                 raise UserError(f"{s.name}: label {s.label} is outside the "
                                 f"{len(source.classes)} classes of {source.describe()}")
@@ -117,6 +118,7 @@ def check_source(source: Source, *, max_resolution: int, num_workers: int, subse
                 out.positions.append(pos)
                 out.names.append(s.name)
                 out.sizes.append((w, h))
+                out.as_is.append(as_is)
                 out.counts[s.label] += 1
             else:
                 out.skipped.append({"file": s.name, "reason": reason})

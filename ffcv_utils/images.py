@@ -65,10 +65,60 @@ def resized(w: int, h: int, max_resolution: int) -> tuple[int, int]:
     return int(ratio * w), int(ratio * h)
 
 
+_RGB_IDS = b"RGB"  # component ids of a JPEG holding RGB rather than YCbCr
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, bytes, bool] | None:
+    """``(SOF marker, frame header, refuse)`` of a JPEG, from its marker segments; ``refuse``: an
+    Adobe marker (colour transform) or an MPO index (more images follow the first) was seen."""
+    i, refuse = 2, False
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if (marker == 0xEE and data[i + 4:i + 9] == b"Adobe"
+                or marker == 0xE2 and data[i + 4:i + 8] == b"MPF\0"):
+            refuse = True
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker, data[i + 4:i + 2 + length], refuse
+        elif marker == 0xDA:
+            return None
+        i += 2 + length
+    return None
+
+
+def stores_as_is(data: bytes, w: int, h: int, max_resolution: int) -> bool:
+    """Can the file itself be stored as the sample's JPEG: an 8-bit baseline or progressive
+    Huffman JPEG in YCbCr or grayscale (no Adobe marker: CMYK, YCCK and RGB JPEGs are
+    re-encoded; no MPO), needing no resize, and no bigger than its raw pixels (no bloated
+    metadata)."""
+    if data[:2] != b"\xff\xd8" or max(w, h) > max_resolution or len(data) > 3 * w * h:
+        return False
+    frame = _jpeg_frame(data)
+    if frame is None:
+        return False
+    marker, sof, refuse = frame
+    if marker not in (0xC0, 0xC2) or refuse or len(sof) < 6 or sof[0] != 8:
+        return False
+    components = sof[5]
+    ids = bytes(sof[6 + 3 * k] for k in range(components) if 6 + 3 * k < len(sof))
+    return components == 1 or (components == 3 and ids != _RGB_IDS)
+
+
 def probe(data: bytes, max_resolution: int = 500):
-    """``(None, width, height)`` when ``data`` is an image the writer can store, else
-    ``(reason, 0, 0)``. Decodes the whole file (JPEGs at 1/8 scale, which still reads every byte
-    of the compressed stream, so truncation is caught) and converts it to RGB."""
+    """``(None, width, height, as_is)`` when ``data`` is an image the writer can store, else
+    ``(reason, 0, 0, False)``; ``as_is``: see ``stores_as_is``. Decodes the whole file (JPEGs at
+    1/8 scale, which still reads every byte of the compressed stream, so truncation is caught)
+    and converts it to RGB."""
+    reason, w, h = _decode_check(data, max_resolution)
+    if reason is not None:
+        return reason, 0, 0, False
+    return None, w, h, stores_as_is(data, w, h, max_resolution)
+
+
+def _decode_check(data: bytes, max_resolution: int):
     if len(data) == 0:
         return "empty file (0 bytes)", 0, 0
     try:

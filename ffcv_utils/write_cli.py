@@ -11,7 +11,7 @@ from fastargs import Config, Param, Section
 from fastargs.validation import And, InRange, OneOf
 
 from .cli import UserError
-from .config import FLOAT, INT, TEXT, check_types, collect
+from .config import FLAG, FLOAT, INT, TEXT, check_types, collect
 from .writer import (DEFAULT_DATA_DIR, DEFAULT_WRITE_PATH, PUBLISHED, SPLITS, WRITE_MODES,
                      Terminated, WriteError, format_summary, write_split)
 
@@ -33,6 +33,8 @@ PARAMS = {  # name: (checker, description, default)
                              PUBLISHED["compress_probability"]),
     "jpeg_quality": (And(FLOAT, InRange(1, 100)), "JPEG quality of compressed images",
                      PUBLISHED["jpeg_quality"]),
+    "reencode": (FLAG, "1: re-encode source JPEGs; 0: store those needing no resize as they are",
+                 0),
     "num_workers": (INT, "writer processes (default: all CPUs)", None),
     "chunk_size": (POS_INT, "images per work item", 100),
     "subset": (INT, "write only this many images, spread over the classes (-1: all)", -1),
@@ -82,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> dict:
                 compress_probability=values["compress_probability"],
                 jpeg_quality=int(values["jpeg_quality"]), num_workers=values["num_workers"],
                 chunk_size=values["chunk_size"], subset=values["subset"],
-                class_list=values["class_list"])
+                reencode=bool(values["reencode"]), class_list=values["class_list"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,14 +21,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from . import dataset_info
 from .atomic import publish
 from .check import Checked, check_source
 from .children import Terminated, default_num_workers, signals_blocked, sigterm_raises
 from .cli import UserError
-from .images import load_rgb, resized
+from .image_field import SMART_THRESHOLD, ImageJob, image_field, stores_jpeg
+from .images import resized
 from .pack import WriteError, claim_temporary, page_size_for, write_beton
 from .sources.base import Sample, Source
 from .sources.imagefolder import SPLITS, ImageFolder
@@ -40,9 +39,6 @@ WRITE_MODES = ("raw", "smart", "jpg", "proportion")
 # ffcv-imagenet's published settings (rn50/rn18 configs): 500 px, half the images JPEG at q90.
 PUBLISHED = dict(max_resolution=500, write_mode="proportion", compress_probability=0.5,
                  jpeg_quality=90)
-# write_mode='smart': JPEG-compress images whose raw pixels exceed a 256x256 RGB image; keep
-# smaller ones raw (ffcv's own default threshold of None would store every image raw).
-SMART_THRESHOLD = 256 * 256 * 3
 DEFAULT_WRITE_PATH = "./data/{split}.beton"
 DEFAULT_DATA_DIR = "./imagenet"
 
@@ -57,6 +53,7 @@ class Settings:
     jpeg_quality: int = PUBLISHED["jpeg_quality"]
     chunk_size: int = 100
     subset: int = -1
+    reencode: bool = False  # True: never store a source JPEG's own bytes (image_field)
 
     @classmethod
     def checked(cls, **kw) -> "Settings":
@@ -75,17 +72,22 @@ class Settings:
         if int(s.chunk_size) < 1:
             raise UserError(f"chunk_size must be at least 1, not {s.chunk_size}")
         return cls(int(s.max_resolution), s.write_mode, float(s.compress_probability),
-                   int(s.jpeg_quality), int(s.chunk_size), int(s.subset or -1))
+                   int(s.jpeg_quality), int(s.chunk_size), int(s.subset or -1),
+                   bool(s.reencode))
 
     def fields(self) -> dict:
-        from ffcv.fields import IntField, RGBImageField
+        from ffcv.fields import IntField
 
-        return {"image": RGBImageField(write_mode=self.write_mode,
-                                       max_resolution=self.max_resolution,
-                                       smart_threshold=SMART_THRESHOLD,
-                                       jpeg_quality=self.jpeg_quality,
-                                       compress_probability=self.compress_probability),
+        return {"image": image_field(self.write_mode, self.max_resolution, self.jpeg_quality,
+                                     self.compress_probability),
                 "label": IntField()}
+
+    def as_is_count(self, checked: Checked) -> int:
+        """How many images are stored as the source's own JPEG bytes (as ImageJob decides)."""
+        if self.reencode:
+            return 0
+        return sum(stores_jpeg(self.write_mode, self.compress_probability, i, w, h)
+                   for i, (ok, (w, h)) in enumerate(zip(checked.as_is, checked.sizes)) if ok)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,24 +151,6 @@ def reference_classes(split: str, target: Path,
 # The data stage
 
 
-class _ImageJob:
-    """A checked sample -> (RGB pixels, label), in a writer process. 'proportion' mode draws
-    np.random in the field's encode: seeding per beton index makes the JPEG/raw choice of every
-    image reproducible, whatever process writes it."""
-
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-
-    def __call__(self, index: int, sample: Sample):
-        try:
-            image = load_rgb(sample.read())
-        except Exception as e:
-            raise WriteError(f"{sample.name} could not be read although it passed the check "
-                             f"(did it change during the write?): {e}") from None
-        np.random.seed((self.seed + index) % (1 << 32))
-        return image, sample.label
-
-
 def _target(write_path: str | Path, split: str) -> Path:
     if split not in SPLITS:
         raise UserError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
@@ -228,21 +212,21 @@ def _report(checked: Checked, source: Source, target: Path, warn) -> None:
                         f"({len(skipped)} files skipped)")
 
 
-def _checked_samples(source: Source, checked: Checked):
-    """The samples that passed the check, read again from the source, which must not have
-    changed in between."""
-    wanted = iter(zip(checked.positions, checked.names))
-    pos, name = next(wanted)
+def _checked_samples(source: Source, checked: Checked, reencode: bool):
+    """``(sample, size if its own bytes may be stored, else None)`` for the samples that passed
+    the check, read again from the source, which must not have changed in between."""
+    wanted = iter(zip(checked.positions, checked.names, checked.as_is, checked.sizes))
+    pos, name, as_is, size = next(wanted)
     for i, s in enumerate(source):
         if i == pos:
             if s.name != name:
                 raise WriteError(f"{source.describe()} changed during the write: sample {i} "
                                  f"was {name}, is now {s.name}")
-            yield s
+            yield s, (size if as_is and not reencode else None)
             nxt = next(wanted, None)
             if nxt is None:
                 return
-            pos, name = nxt
+            pos, name, as_is, size = nxt
 
 
 def _write(source: Source, target: Path, split: str, s: Settings, class_from: str | None,
@@ -269,13 +253,15 @@ def _write(source: Source, target: Path, split: str, s: Settings, class_from: st
             page_size = page_size_for([3 * w * h for w, h in (
                 resized(w, h, s.max_resolution) for w, h in checked.sizes)])
             t = time.time()
-            write_beton(tmp, s.fields(), _checked_samples(source, checked), n, _ImageJob(),
+            write_beton(tmp, s.fields(), _checked_samples(source, checked, s.reencode), n,
+                        ImageJob(s.write_mode, s.compress_probability),
                         num_workers=min(num_workers, n), chunk_size=s.chunk_size,
                         page_size=page_size, progress=progress)
             write_seconds = time.time() - t
             settings = {**asdict(s), "smart_threshold": SMART_THRESHOLD, "page_size": page_size}
             info = _info(source, split, checked, settings, class_from, messages,
                          tmp.stat().st_size)
+            info["jpeg_as_is"] = s.as_is_count(checked)
             with signals_blocked():
                 dataset_info.sidecar_path(target).unlink(missing_ok=True)
                 publish(tmp, target)
@@ -315,7 +301,7 @@ def _summary(info: dict, target: Path, sidecar: Path, seconds: float, scan_secon
         "skipped_files": info["skipped"], "num_classes": info["num_classes"],
         "classes": info["classes"], "class_counts": info["class_counts"],
         "empty_classes": info["empty_classes"], "class_list_from": info["class_list_from"],
-        "bytes": info["bytes"], "seconds": seconds,
+        "bytes": info["bytes"], "jpeg_as_is": info["jpeg_as_is"], "seconds": seconds,
         "scan_seconds": scan_seconds, "write_seconds": write_seconds,
         "startup_seconds": seconds - scan_seconds - write_seconds,
         # throughput of the data stage itself: checking + writing, without the fixed start-up
@@ -331,6 +317,9 @@ def format_summary(s: dict, max_listed: int = 10) -> str:
              f"{mb:,.1f} MB in {s['seconds']:.1f} s (start-up {s['startup_seconds']:.1f} s, "
              f"check {s['scan_seconds']:.1f} s, write {s['write_seconds']:.1f} s: "
              f"{s['images_per_s']:,.0f} images/s)"]
+    if s["jpeg_as_is"]:
+        lines.append(f"{s['jpeg_as_is']:,} source JPEGs stored as they are, not re-encoded "
+                     "(--cfg.reencode 1 re-encodes them)")
     if s["class_list_from"]:
         lines.append(f"class order from {s['class_list_from']}")
     if s["skipped"]:

@@ -1,6 +1,7 @@
 """The writer's Source interface: a layout written in a few lines (here, encoded images held in
-memory, as an archive or parquet source yields them) is packed by the real writer processes into
-a beton that ffcv reads back, with the generic checks (decoding, subset, val class list) for free."""
+memory, as an archive or parquet source yields them) is packed by the real writer processes
+into a beton that ffcv reads back, with the generic checks (decoding, subset, val class list)
+for free."""
 from __future__ import annotations
 
 import io
