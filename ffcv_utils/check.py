@@ -98,7 +98,8 @@ def _probe_all(items: Iterable[tuple[int, Sample]], max_resolution: int, num_wor
 
 def check_source(source: Source, *, max_resolution: int, num_workers: int, subset: int = -1,
                  progress: bool = False) -> Checked:
-    """Decode every candidate of ``source`` (or of its ``subset``) and sort good from bad."""
+    """Decode every candidate of ``source`` (or of its ``subset``: choosing it reads the source
+    once more, for the labels) and sort good from bad."""
     from tqdm import tqdm
 
     chosen = None
