@@ -3,14 +3,13 @@ kill at any moment leaves the previous complete file, never a truncated one."""
 from __future__ import annotations
 
 import errno
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .cli import UserError
 
 LAST = "checkpoint_last.pt"
@@ -42,22 +41,13 @@ def atomic_save(obj, path: str | Path) -> Path:
     the file previously at ``path`` is untouched and the temporary file removed.
     """
     path = Path(path)
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, (OSError, RuntimeError)):
-            kept = " (the previous one is intact)" if path.exists() else ""
-            raise WriteError(f"cannot write {path}: {_why(e, path.parent)}{kept}") from None
-        raise
+    except (OSError, RuntimeError) as e:
+        kept = " (the previous one is intact)" if path.exists() else ""
+        raise WriteError(f"cannot write {path}: {_why(e, path.parent)}{kept}") from None
     return path
 
 

@@ -6,7 +6,7 @@ from .cli import run_main
 
 
 def write() -> None:
-    from .writer import main
+    from .write_cli import main
     run_main(main, prog="ffcv-write")
 
 

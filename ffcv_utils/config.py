@@ -297,6 +297,35 @@ def parse_argv(argv: list[str], keys: list[str]) -> tuple[list[str], dict]:
     return files, values
 
 
+def collect(cfg: Config, argv: list[str], keys: list[str],
+            cli_only: tuple[str, ...] = ()) -> tuple[list[str], dict, dict]:
+    """Config files, then ``--key value`` arguments (which win) into ``cfg``. Returns
+    ``(files, {key: value} from the files, {key: value} from the command line)``; ``cli_only``
+    names options outside ``cfg`` (the writer's ``--split``), returned with the others."""
+    files, cli_values = parse_argv(argv, keys + list(cli_only))
+    file_values: dict = {}
+    for f in files:
+        flat = read_config_file(f, keys)
+        file_values.update({k: v for k, v in flat.items() if v is not None})
+        cfg.collect(_nest(flat))
+    cfg.collect(_nest({k: v for k, v in cli_values.items() if k not in cli_only}))
+    return files, file_values, cli_values
+
+
+def check_types(cfg: Config) -> None:
+    """One UserError line for the first key, in declaration order, that is missing or whose
+    value fastargs refuses."""
+    errors = cfg.validate(mode="errordict")
+    for path in cfg.entries:
+        if path in errors:
+            key = ".".join(path)
+            param = cfg.entries[path]
+            if param.required and path not in cfg.content:
+                raise UserError(f"{key} is required (give --{key} VALUE)")
+            raise UserError(f"{key}: expected {param.checker.help()}, got "
+                            f"{cfg.content.get(path)!r}")
+
+
 def _nest(flat: dict) -> dict:
     tree: dict = {}
     for key, value in flat.items():
@@ -327,23 +356,8 @@ def load_config(argv: list[str]) -> tuple[SimpleNamespace, dict]:
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(cfg))
         raise SystemExit(0)
-    files, cli_values = parse_argv(argv, keys)
-    file_values: dict = {}
-    for f in files:
-        flat = read_config_file(f, keys)
-        file_values.update({k: v for k, v in flat.items() if v is not None})
-        cfg.collect(_nest(flat))
-    cfg.collect(_nest(cli_values))
-
-    errors = cfg.validate(mode="errordict")
-    for path in cfg.entries:  # report in declaration order
-        if path in errors:
-            key = ".".join(path)
-            param = cfg.entries[path]
-            if param.required and path not in cfg.content:
-                raise UserError(f"{key} is required (give --{key} VALUE)")
-            raise UserError(f"{key}: expected {param.checker.help()}, got "
-                            f"{cfg.content.get(path)!r}")
+    files, file_values, cli_values = collect(cfg, argv, keys)
+    check_types(cfg)
 
     params = SimpleNamespace()
     for path in cfg.entries:

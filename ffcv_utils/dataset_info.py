@@ -7,31 +7,15 @@ class lists differ, so labels can never drift apart between splits.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from .atomic import atomic_write_text
 
 SUFFIX = ".json"
 
 
 def sidecar_path(beton: str | Path) -> Path:
     return Path(str(beton) + SUFFIX)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_info(beton: str | Path, info: dict) -> Path:

@@ -14,7 +14,7 @@ import torch
 
 from .cli import ArgParser, UserError
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .dataset_info import atomic_write_text
+from .atomic import atomic_path, atomic_write_text
 from .predict import RunModel, collect, load_run_model, preprocess, to_input
 
 FORMATS = ("onnx", "torchscript")
@@ -28,19 +28,18 @@ def export(rm: RunModel, fmt: str, out: Path) -> Path:
         raise UserError(f"--format: must be onnx or torchscript, got {fmt!r}")
     model = rm.model.float().cpu().eval()
     example = torch.zeros(2, 3, rm.resolution, rm.resolution)
-    tmp = out.with_name(out.name + ".tmp")
-    if fmt == "onnx":
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"],
-                                    output_names=["logits"],
-                                    dynamic_shapes={"x": {0: batch}}, verbose=False)
-        program.save(str(tmp))
-    else:
-        with torch.no_grad():
-            with warnings.catch_warnings():  # asked for by name: no deprecation notice each time
-                warnings.simplefilter("ignore", FutureWarning)
-                torch.jit.trace(model, example).save(str(tmp))
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        if fmt == "onnx":
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"],
+                                        output_names=["logits"],
+                                        dynamic_shapes={"x": {0: batch}}, verbose=False)
+            program.save(str(tmp))
+        else:
+            with torch.no_grad():
+                with warnings.catch_warnings():  # asked for by name: no deprecation notice
+                    warnings.simplefilter("ignore", FutureWarning)
+                    torch.jit.trace(model, example).save(str(tmp))
     side = out.with_name(out.name + ".json")
     atomic_write_text(side, json.dumps({
         "arch": rm.arch, "format": fmt, "classes": rm.classes, "input": "image, float32 NCHW RGB",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .distributed import DistEnv, all_reduce_sum
 
 SMOOTHING = 0.9      # EMA factor of the loss (bias-corrected)
@@ -76,8 +77,9 @@ def plot(curves, suggestions, out: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_path(out, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
     return out

@@ -170,8 +170,10 @@ def _fixed_size_kwargs(name: str, size: int, resolutions: set) -> dict:
         except TypeError:
             return False
 
-    if accepts(dynamic_img_size=True):
-        return {"dynamic_img_size": True}
+    for dynamic in ({"dynamic_img_size": True, "dynamic_img_pad": True},  # any size: padded
+                    {"dynamic_img_size": True}):
+        if accepts(**dynamic):
+            return dynamic
     if not resolutions or resolutions == {size}:
         return {}
     if len(resolutions) == 1 and accepts(img_size=next(iter(resolutions))):

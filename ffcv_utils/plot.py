@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .atomic import atomic_path
 from .cli import ArgParser, UserError, run_main
 from .logging import read_jsonl
 
@@ -67,10 +68,11 @@ def write_plot(run_dirs, out: str | Path | None = None) -> Path:
 
     fig = make_figure(load_runs(run_dirs))
     out = Path(out) if out else Path(run_dirs[0]) / "metrics.png"
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_path(out, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -17,7 +17,8 @@ from PIL import Image
 
 from ffcv_utils import dataset_info
 from ffcv_utils.cli import UserError
-from ffcv_utils.writer import _prepare_output, parse_args
+from ffcv_utils.pack import claim_temporary
+from ffcv_utils.write_cli import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 WRITE = str(REPO / "write_ffcv.py")
@@ -114,7 +115,7 @@ def test_cli_errors_are_one_line_without_traceback(case, tmp_path, flat_dir, goo
             "unknown key 'cfg.jpeg_qualty'"),
         "misspelt_json_key": (base + ["-C", _config(
             tmp_path, "c.json", json.dumps({"cfg": {"data_dri": "x"}}))],
-            "did you mean 'cfg.data_dir'"),
+            "did you mean cfg.data_dir"),
         "misspelt_cli_flag": (base + ["--cfg.max_res", "64"], "--cfg.max_res"),
         "no_split": (["--cfg.data_dir", good_dir], "--split"),
         "split_clash": (base + ["--cfg.split", "val"], "disagree"),
@@ -248,6 +249,6 @@ def test_sigkill_of_the_parent_takes_the_writer_processes_down(interrupted):
     assert not run["target"].exists()  # the target path never holds a partial beton
     # the dead writer's hidden temporary file is cleared by the next write to that path
     assert run["tmp"].exists()
-    fresh = _prepare_output(run["target"])
+    fresh = claim_temporary(run["target"])
     assert not run["tmp"].exists()
     fresh.unlink()

@@ -314,12 +314,16 @@ def test_a_file_that_breaks_after_the_check_fails_the_write_instead_of_hanging(t
     import psutil
     from ffcv.fields import IntField, RGBImageField
 
-    from ffcv_utils.writer import WriteError, _write_beton
+    from ffcv_utils.pack import WriteError, write_beton
+    from ffcv_utils.sources.base import Sample
+    from ffcv_utils.image_field import ImageJob
 
     good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
     Image.fromarray(_photo(1)).save(good)
     bad.write_bytes(b"garbage, written after the check pass")
-    samples = [(str(good), 0)] * 40 + [(str(bad), 1)] + [(str(good), 0)] * 40
+    ok, broken = (Sample("good.jpg", 0, path=str(good)), None), (Sample("bad.jpg", 1,
+                                                                        path=str(bad)), None)
+    samples = [ok] * 40 + [broken] + [ok] * 40
     fields = {"image": RGBImageField(write_mode="raw"), "label": IntField()}
 
     def helpers():
@@ -328,8 +332,9 @@ def test_a_file_that_breaks_after_the_check_fails_the_write_instead_of_hanging(t
 
     before = helpers()
     with pytest.raises(WriteError, match="bad.jpg could not be read"):
-        _write_beton(tmp_path / "x.beton", fields, samples, num_workers=2, chunk_size=8,
-                     page_size=1 << 23, progress=False)
+        write_beton(tmp_path / "x.beton", fields, iter(samples), len(samples),
+                    ImageJob("raw", 0.5),
+                    num_workers=2, chunk_size=8, page_size=1 << 23, progress=False)
     assert helpers() <= before  # both writer processes are gone
 
 

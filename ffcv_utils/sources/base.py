@@ -36,6 +36,7 @@ class Source(abc.ABC):
 
     classes: list[str]
     skipped: list[tuple[str, str]]
+    warnings: list[str] = []  # said while scanning, for the summary (never mutated here)
 
     @abc.abstractmethod
     def __iter__(self) -> Iterator[Sample]: ...
@@ -46,3 +47,8 @@ class Source(abc.ABC):
     def describe(self) -> str:
         """Words for the summary: which layout was read from where."""
         return type(self).__name__
+
+    def where(self, label: int) -> str | None:
+        """Where class ``label``'s samples live, for the warning when none of them is readable
+        (None: the source has no place for that class and said so in ``warnings``)."""
+        return f"class {self.classes[label]!r} of {self.describe()}"

@@ -24,7 +24,7 @@ from ..beton import check_trainer_betons
 from ..cli import UserError
 from ..config import as_flat_dict, load_config
 from ..data import take_decode_failures
-from ..dataset_info import atomic_write_text
+from ..atomic import atomic_write_text
 from ..logging import JsonlLogger
 from ..plot import plot_run
 from ..recipe import periodic_checkpoint_name
