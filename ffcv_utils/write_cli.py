@@ -39,14 +39,27 @@ PARAMS = {  # name: (checker, description, default)
     "chunk_size": (POS_INT, "images per work item", 100),
     "subset": (INT, "write only this many images, spread over the classes (-1: all)", -1),
     "class_list": (TEXT, "class order for val: a train beton, its .json, or a list", None),
+    "val_labels": (TEXT, "labels of a flat folder or tar: Kaggle's LOC_val_solution.csv or a "
+                         "CSV file,class", None),
+    "devkit": (TEXT, "ILSVRC2012 devkit (folder or .tar.gz) labelling the flat val images",
+               None),
+    "hf_dataset": (TEXT, "Hugging Face dataset: a Hub name in the local cache or a folder of "
+                         "parquet shards (pip install -e '.[hf]')", None),
+    "hf_split": (TEXT, "its split (default: train, or validation for --split val)", None),
+    "hf_image_column": (TEXT, "its image column (default: the first Image feature)", None),
+    "hf_label_column": (TEXT, "its label column (default: the first ClassLabel)", None),
+    "wds_shards": (TEXT, "webdataset .tar shards: a folder or a brace pattern", None),
 }
+SOURCE_KEYS = ("val_labels", "devkit", "hf_dataset", "hf_split", "hf_image_column",
+               "hf_label_column", "wds_shards")
 
 
 def help_text() -> str:
     return "\n".join([
         f"usage: {PROG} [--split {{train,val}}] [--config-file FILE ...] [--cfg.key VALUE ...]",
-        "", "Write an ImageFolder split (train or val) to an ffcv .beton file and its class "
-        "list to <file>.json.", "",
+        "", "Write a split (train or val) to an ffcv .beton file and its class list to "
+        "<file>.json, from an ImageFolder tree, Kaggle's or ImageNet's archives, a flat folder "
+        "+ labels, a Hugging Face dataset or webdataset shards.", "",
         "  --split {train,val}          which split to write",
         "  --config-file, -C FILE       JSON or YAML config file (repeatable)", "",
         "options (also settable in a JSON/YAML config file under 'cfg:'):",
@@ -84,12 +97,15 @@ def parse_args(argv: list[str] | None = None) -> dict:
                 compress_probability=values["compress_probability"],
                 jpeg_quality=int(values["jpeg_quality"]), num_workers=values["num_workers"],
                 chunk_size=values["chunk_size"], subset=values["subset"],
-                reencode=bool(values["reencode"]), class_list=values["class_list"])
+                reencode=bool(values["reencode"]), class_list=values["class_list"],
+                source_options={k: values[k] for k in SOURCE_KEYS if values[k]})
 
 
 def main(argv: list[str] | None = None) -> int:
     kwargs = parse_args(argv)
-    print(f"writing {kwargs['split']} from {kwargs['data_dir']} to {kwargs['write_path']} "
+    options = kwargs["source_options"]
+    where = options.get("hf_dataset") or options.get("wds_shards") or kwargs["data_dir"]
+    print(f"writing {kwargs['split']} from {where} to {kwargs['write_path']} "
           f"(max_resolution={kwargs['max_resolution']}, write_mode={kwargs['write_mode']}, "
           f"compress_probability={kwargs['compress_probability']}, "
           f"jpeg_quality={kwargs['jpeg_quality']})", flush=True)

@@ -157,22 +157,28 @@ def _target(write_path: str | Path, split: str) -> Path:
     return Path(str(write_path).format(split=split)).expanduser()
 
 
-def write_split(data_dir: str | Path, split: str, write_path: str | Path, *,
+def write_split(data_dir: str | Path | None, split: str, write_path: str | Path, *,
                 class_list: str | Path | list[str] | None = None,
-                num_workers: int | None = None, progress: bool = True, **settings) -> dict:
-    """Write one split of an ImageFolder tree to ``write_path`` and its sidecar; return a summary.
+                num_workers: int | None = None, progress: bool = True,
+                source_options: dict | None = None, **settings) -> dict:
+    """Write one split to ``write_path`` and its sidecar; return a summary.
 
-    ``data_dir`` is the folder holding ``<split>/`` or the split folder itself; ``settings``
-    are ``Settings``' fields (max_resolution, write_mode, compress_probability, jpeg_quality,
-    chunk_size, subset). ``progress`` shows progress bars and prints warnings on stderr. Raises
-    ``UserError`` for bad input (one sentence, naming the path) and ``WriteError`` if a writer
-    process fails.
+    ``data_dir`` is an ImageFolder tree (the folder holding ``<split>/`` or the split folder
+    itself) or any layout ``sources.select.open_source`` recognises (Kaggle's root, ImageNet's
+    archives); ``source_options`` are that function's other options (val_labels, devkit,
+    hf_dataset, wds_shards, ...). ``settings`` are ``Settings``' fields. ``progress`` shows
+    progress bars and prints warnings on stderr. Raises ``UserError`` for bad input (one
+    sentence, naming the path) and ``WriteError`` if a writer process fails.
     """
+    from .sources.select import data_root, open_source
+
     t0 = time.time()
     target = _target(write_path, split)
     s = Settings.checked(**settings)
     classes, class_from = reference_classes(split, target, class_list)
-    source = ImageFolder(data_dir, split, classes, class_from)
+    source = open_source(split, data_dir=data_dir, class_list=classes, **(source_options or {}))
+    if source is None:
+        source = ImageFolder(data_root(data_dir), split, classes, class_from)
     return _write(source, target, split, s, class_from, num_workers, progress, t0)
 
 
