@@ -282,3 +282,47 @@ def test_single_channel_jpeg_decodes_to_grey_rgb(photos):
     ref = reference(np.repeat(cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)[:, :, None], 3, axis=2),
                     box, (160, 160))
     assert psnr(got, ref) >= MIN_PSNR
+
+
+def _lie_about_sizes(beton, out):
+    """Copy ``beton`` with hostile metadata (issue 18): two raw samples claiming more pixels than
+    they hold (twice the rows; 65535 x 65535), a JPEG sample of height 0 and one whose frame is
+    larger than its metadata. Returns (path, indices of those four samples)."""
+    import shutil
+
+    from ffcv.reader import Reader
+    from ffcv.types import HeaderType
+
+    shutil.copyfile(beton, out)
+    reader = Reader(str(out))
+    offset = HeaderType.itemsize + reader.field_descriptors.nbytes
+    meta = reader.metadata.copy()
+    image = meta["f0"]
+    raw, jpg = np.flatnonzero(image["mode"] != 0)[:2], np.flatnonzero(image["mode"] == 0)[:2]
+    image["height"][raw[0]] *= 2
+    image["height"][raw[1]] = image["width"][raw[1]] = 65535
+    image["height"][jpg[0]] = 0
+    image["height"][jpg[1]] = image["width"][jpg[1]] = 8
+    meta["f0"] = image
+    with open(out, "r+b") as f:
+        f.seek(offset)
+        f.write(meta.tobytes())
+    return out, [*raw, *jpg]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_beton_with_lying_metadata_gives_grey_counted_samples(photo_betons, tmp_path):
+    """Through the real loaders: the hostile samples come out grey and counted, the rest decode."""
+    from ffcv_utils.data import take_decode_failures, train_loader, val_loader
+
+    bad, hostile = _lie_about_sizes(photo_betons[0], tmp_path / "lying.beton")
+    val = val_loader(str(bad), batch_size=8, num_workers=2, res=64)
+    images = _images(val)
+    assert len(images) == 30
+    for k in range(30):
+        assert np.all(images[k] == 128) if k in hostile else images[k].std() > 5, k
+    assert take_decode_failures(val) == 4
+    data = train_loader(str(bad), batch_size=10, num_workers=2, res=48, seed=0)
+    assert sum(len(labels) for _, labels in data.loader) == 30
+    assert data.take_failures() == 4
