@@ -233,8 +233,8 @@ def main(argv=None):
     def fast_raw(k, s):
         _, h, w, data = s
         i, j, ch, cw = crops[k]
-        lib.fj_crop_resize(data.ctypes.data, h, w, i, j, ch, cw, dst.ctypes.data, res, res,
-                           flips[k])
+        lib.fj_crop_resize(data.ctypes.data, data.size, h, w, i, j, ch, cw, dst.ctypes.data,
+                           res, res, flips[k], slot)
 
     fast_dec = per_image(fast_decode_only, jpg_items)
     fast_j = per_image(fast_jpg, jpg_items)

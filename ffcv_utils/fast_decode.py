@@ -10,7 +10,10 @@ directly. Work is in C (``csrc/fastjpeg.c``, loaded with ctypes) and called from
 compiles, as ffcv calls its own ``imdecode``.
 
 Damaged JPEGs never stop the loader: they come out decoded as far as possible (or grey) and are
-counted; ``take_failures()`` returns and resets the count of a decoder.
+counted; ``take_failures()`` returns and resets the count of a decoder. Every sample is treated as
+untrusted (README, "What the decoder guarantees"): the C side gets each sample's stored size and
+refuses, grey and counted, raw samples shorter than their metadata, frames larger than it or than
+8192 x 8192 pixels, and non-positive sizes; crops are clamped into the image.
 """
 from __future__ import annotations
 
@@ -61,9 +64,13 @@ def library() -> ctypes.CDLL:
             c_void_p, c_int32, c_int32, c_int32,             # dst, out h, out w, flip
             c_int32, c_double, c_int32]                      # fast dct, headroom, slot
         lib.fj_decode_crop_resize.restype = c_int32
-        lib.fj_crop_resize.argtypes = [c_void_p, c_int32, c_int32, c_int32, c_int32, c_int32,
-                                       c_int32, c_void_p, c_int32, c_int32, c_int32]
+        lib.fj_crop_resize.argtypes = [
+            c_void_p, c_uint64, c_int32, c_int32,            # data, size, height, width
+            c_int32, c_int32, c_int32, c_int32,              # crop y, x, h, w
+            c_void_p, c_int32, c_int32, c_int32, c_int32]    # dst, out h, out w, flip, slot
         lib.fj_crop_resize.restype = c_int32
+        lib.fj_scratch_bytes.argtypes = []
+        lib.fj_scratch_bytes.restype = c_uint64
         lib.fj_take_failures.argtypes = [c_int32]
         lib.fj_take_failures.restype = ctypes.c_int64
         lib.fj_failure_count.argtypes = [c_int32]
@@ -87,29 +94,32 @@ def decode_crop_resize(jpeg: np.ndarray, height: int, width: int, crop: tuple[in
                        fast_dct: bool = FAST_DCT, headroom: float = HEADROOM,
                        slot: int = _SLOTS - 1) -> tuple[np.ndarray, int]:
     """JPEG bytes -> (out_h, out_w, 3) uint8 of the crop (y, x, h, w), and the C status
-    (0 ok, 1 damaged: decoded as far as possible, 2 nothing decodable: grey)."""
+    (0 ok, 1 damaged: decoded as far as possible, 2 nothing decodable or refused: grey).
+    Decodes into the per-thread scratch, as the pipeline does."""
     lib = library()
     jpeg = np.ascontiguousarray(jpeg, dtype=np.uint8).reshape(-1)
-    tmp = np.empty(int(height) * int(width) * 3, np.uint8)
     dst = np.empty((out_size[0], out_size[1], 3), np.uint8)
     y, x, h, w = (int(v) for v in crop)
     status = lib.fj_decode_crop_resize(jpeg.ctypes.data, jpeg.size, height, width, y, x, h, w,
-                                       tmp.ctypes.data, tmp.size, dst.ctypes.data,
+                                       None, 0, dst.ctypes.data,
                                        dst.shape[0], dst.shape[1], int(flip), int(fast_dct),
                                        float(headroom), slot)
     return dst, int(status)
 
 
-def crop_resize(image: np.ndarray, crop: tuple[int, int, int, int], out_size: tuple[int, int],
-                flip: bool = False) -> np.ndarray:
-    """HWC RGB uint8 -> (out_h, out_w, 3) of the crop (y, x, h, w): the resize of raw samples."""
+def crop_resize(data: np.ndarray, height: int, width: int, crop: tuple[int, int, int, int],
+                out_size: tuple[int, int], flip: bool = False,
+                slot: int = _SLOTS - 1) -> tuple[np.ndarray, int]:
+    """A raw sample (HWC RGB bytes, any shape, and the metadata's height/width, which may claim
+    more than the bytes hold) -> (out_h, out_w, 3) uint8 of the crop (y, x, h, w), and the C
+    status (0 ok, 2 refused: grey, counted in ``slot``)."""
     lib = library()
-    image = np.ascontiguousarray(image, dtype=np.uint8)
+    data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
     dst = np.empty((out_size[0], out_size[1], 3), np.uint8)
     y, x, h, w = (int(v) for v in crop)
-    lib.fj_crop_resize(image.ctypes.data, image.shape[0], image.shape[1], y, x, h, w,
-                       dst.ctypes.data, dst.shape[0], dst.shape[1], int(flip))
-    return dst
+    status = lib.fj_crop_resize(data.ctypes.data, data.size, height, width, y, x, h, w,
+                                dst.ctypes.data, dst.shape[0], dst.shape[1], int(flip), slot)
+    return dst, int(status)
 
 
 # -- ffcv pipeline operations ---------------------------------------------------------------------
@@ -130,9 +140,10 @@ def _make_decoder_classes():
                         0, 0, dst.ctypes.data, dst.shape[0], dst.shape[1],
                         flip, fast_dct, headroom, slot)
 
-    def resize_raw(data, height, width, i, j, h, w, dst, flip):
-        return c_resize(data.ctypes.data, height, width, i, j, h, w,
-                        dst.ctypes.data, dst.shape[0], dst.shape[1], flip)
+    def resize_raw(data, height, width, i, j, h, w, dst, flip, slot):
+        # the sample's stored size goes along: its metadata may claim more pixels than it holds
+        return c_resize(data.ctypes.data, data.size, height, width, i, j, h, w,
+                        dst.ctypes.data, dst.shape[0], dst.shape[1], flip, slot)
 
     class _FastCropDecoder(ResizedCropRGBImageDecoder):
         """Shared code: the subclasses choose the crop and whether to flip."""
@@ -194,7 +205,7 @@ def _make_decoder_classes():
                                  flip, fast_dct, headroom, slot)
                     else:
                         resize_c(image_data, height, width, i, j, h, w,
-                                 destination[dst_ix], flip)
+                                 destination[dst_ix], flip, slot)
                 return destination[:len(batch_indices)]
 
             decode.is_parallel = True

@@ -2,7 +2,8 @@
 
 Reference = what stock ffcv computes: full JPEG decode (libjpeg-turbo via OpenCV), crop, OpenCV
 ``INTER_AREA`` resize. The fast path decodes at a reduced DCT scale and resamples differently, so
-images agree up to resampling differences: PSNR >= 30 dB is the bar (the issue's).
+JPEG crops agree up to resampling differences: PSNR >= 30 dB is the bar (the issue's); raw samples
+skip the decode and must be within a grey level (see MIN_RAW_PSNR).
 """
 from __future__ import annotations
 
@@ -92,13 +93,37 @@ def test_jpeg_crops_match_stock_decode_and_inter_area(photos, out):
     assert worst[0][0] >= MIN_PSNR, worst[:3]
 
 
-@pytest.mark.parametrize("out", [(160, 160), (64, 96)])
-def test_raw_crops_match_inter_area(photos, out):
+# Raw samples take the same resize as JPEGs without JPEG loss, so against INTER_AREA they are within
+# one grey level (rounding): measured max |diff| 1 on every pixel, PSNR >= 57.4 dB (63.6 dB for
+# shrinking boxes). One exception, OpenCV's and not ours: on an axis that is enlarged, where
+# v * len / out is a whole number k, OpenCV computes its scale as 1 / (out / len), lands just
+# below k and reads source pixel k - 1 whole (we read k, the exact area answer): those rows and
+# columns (a few %) differ by up to 105 grey levels (38.7 dB over the whole image), so they are
+# left out of the comparison.
+MIN_RAW_PSNR = 55.0
+
+
+def _opencv_ties(n_in: int, n_out: int) -> np.ndarray:
+    """Output indices where OpenCV's enlarging INTER_AREA picks the previous source pixel."""
+    v = np.arange(n_out)
+    return (n_in < n_out) & (v > 0) & ((v * n_in) % n_out == 0)
+
+
+@pytest.mark.parametrize("out", [(160, 160), (64, 96), (224, 224)])
+def test_raw_crops_match_inter_area_within_a_grey_level(photos, out):
+    compared = []
     for name, img in photos.items():
         h, w = img.shape[:2]
         for box in crop_boxes(h, w):
-            got = fast_decode.crop_resize(img, box, out)
-            assert psnr(got, reference(img, box, out)) >= MIN_PSNR, (name, box)
+            got, status = fast_decode.crop_resize(img, h, w, box, out)
+            assert status == 0, (name, box)
+            ref = reference(img, box, out)
+            keep = ~_opencv_ties(box[2], out[0])[:, None] & ~_opencv_ties(box[3], out[1])[None, :]
+            compared.append(keep.mean())
+            diff = np.abs(got.astype(int) - ref.astype(int))[keep]
+            assert diff.max() <= 1, (name, box, diff.max())
+            assert psnr(got[keep], ref[keep]) >= MIN_RAW_PSNR, (name, box)
+    assert np.mean(compared) >= 0.97, np.mean(compared)  # measured 0.984-0.986: few ties
 
 
 def test_flip_is_the_mirror_image(photos):
@@ -108,9 +133,9 @@ def test_flip_is_the_mirror_image(photos):
     plain, _ = fast_decode.decode_crop_resize(data, *img.shape[:2], box, (100, 120))
     flipped, _ = fast_decode.decode_crop_resize(data, *img.shape[:2], box, (100, 120), flip=True)
     np.testing.assert_array_equal(flipped, plain[:, ::-1])
-    raw = fast_decode.crop_resize(img, box, (100, 120))
-    np.testing.assert_array_equal(fast_decode.crop_resize(img, box, (100, 120), flip=True),
-                                  raw[:, ::-1])
+    raw, _ = fast_decode.crop_resize(img, *img.shape[:2], box, (100, 120))
+    flipped, _ = fast_decode.crop_resize(img, *img.shape[:2], box, (100, 120), flip=True)
+    np.testing.assert_array_equal(flipped, raw[:, ::-1])
 
 
 def test_center_crops_match(photos):
@@ -257,3 +282,47 @@ def test_single_channel_jpeg_decodes_to_grey_rgb(photos):
     ref = reference(np.repeat(cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)[:, :, None], 3, axis=2),
                     box, (160, 160))
     assert psnr(got, ref) >= MIN_PSNR
+
+
+def _lie_about_sizes(beton, out):
+    """Copy ``beton`` with hostile metadata (issue 18): two raw samples claiming more pixels than
+    they hold (twice the rows; 65535 x 65535), a JPEG sample of height 0 and one whose frame is
+    larger than its metadata. Returns (path, indices of those four samples)."""
+    import shutil
+
+    from ffcv.reader import Reader
+    from ffcv.types import HeaderType
+
+    shutil.copyfile(beton, out)
+    reader = Reader(str(out))
+    offset = HeaderType.itemsize + reader.field_descriptors.nbytes
+    meta = reader.metadata.copy()
+    image = meta["f0"]
+    raw, jpg = np.flatnonzero(image["mode"] != 0)[:2], np.flatnonzero(image["mode"] == 0)[:2]
+    image["height"][raw[0]] *= 2
+    image["height"][raw[1]] = image["width"][raw[1]] = 65535
+    image["height"][jpg[0]] = 0
+    image["height"][jpg[1]] = image["width"][jpg[1]] = 8
+    meta["f0"] = image
+    with open(out, "r+b") as f:
+        f.seek(offset)
+        f.write(meta.tobytes())
+    return out, [*raw, *jpg]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_beton_with_lying_metadata_gives_grey_counted_samples(photo_betons, tmp_path):
+    """Through the real loaders: the hostile samples come out grey and counted, the rest decode."""
+    from ffcv_utils.data import take_decode_failures, train_loader, val_loader
+
+    bad, hostile = _lie_about_sizes(photo_betons[0], tmp_path / "lying.beton")
+    val = val_loader(str(bad), batch_size=8, num_workers=2, res=64)
+    images = _images(val)
+    assert len(images) == 30
+    for k in range(30):
+        assert np.all(images[k] == 128) if k in hostile else images[k].std() > 5, k
+    assert take_decode_failures(val) == 4
+    data = train_loader(str(bad), batch_size=10, num_workers=2, res=48, seed=0)
+    assert sum(len(labels) for _, labels in data.loader) == 30
+    assert data.take_failures() == 4

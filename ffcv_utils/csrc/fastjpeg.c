@@ -10,6 +10,14 @@
  * remaining reduction factor is mostly below 2, so it touches few pixels.
  * libjpeg's default error handler calls exit(); ours longjmps back and the sample becomes
  * "decoded as far as possible, rest grey" (or all grey), counted in a per-loader slot.
+ *
+ * Every sample is untrusted input (a beton can be hand-made, and passthrough stores JPEGs as they
+ * came), so the entry points check it before touching memory: raw samples must hold the
+ * height x width x 3 bytes their metadata claims, metadata sizes must be positive, crops are
+ * clamped into the image (64-bit arithmetic), and a JPEG frame larger than its metadata or than
+ * FJ_MAX_PIXELS is refused before libjpeg allocates for it. Refused samples are grey and counted
+ * like damaged ones. Memory per thread is bounded: the scratch region <= FJ_MAX_PIXELS x 3 bytes
+ * during a call (shrunk back under FJ_KEEP_BYTES after it), libjpeg's pools <= FJ_LIBJPEG_BYTES.
  */
 #include <stdio.h>
 #include <stdint.h>
@@ -23,6 +31,15 @@
 #endif
 
 #define FJ_SLOTS 64
+/* largest JPEG frame decoded: 8192 x 8192 (64 Mi pixels; far above any training image) */
+#define FJ_MAX_PIXELS ((int64_t)1 << 26)
+/* libjpeg's max_memory_to_use: a progressive frame keeps all its DCT coefficients, 6 bytes per
+ * pixel at 4:4:4, so FJ_MAX_PIXELS needs 384 MiB; anything asking more is refused */
+#define FJ_LIBJPEG_BYTES (512L << 20)
+/* a progressive stream of many tiny scans costs a pass over the frame each: refuse past this */
+#define FJ_MAX_SCANS 500
+/* the per-thread scratch is freed after a call that grew it past this (an outlier) */
+#define FJ_KEEP_BYTES ((uint64_t)16 << 20)
 static volatile int64_t fj_failures[FJ_SLOTS];
 
 int64_t fj_failure_count(int32_t slot) {
@@ -201,11 +218,46 @@ static int resize_box(const uint8_t *src, int bh, int bw, int64_t stride,
     return 0;
 }
 
-int fj_crop_resize(const uint8_t *src, int32_t height, int32_t width,
+/* ---------------------------------------------------------------- untrusted input */
+
+static void fill_grey(uint8_t *p, int64_t n) { memset(p, 128, (size_t)n); }
+
+/* a sample refused or undecodable: grey output, counted */
+static int refuse(uint8_t *dst, int32_t out_h, int32_t out_w, int32_t slot) {
+    if (dst != NULL) fill_grey(dst, (int64_t)out_h * out_w * 3);
+    count_failure(slot);
+    return 2;
+}
+
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* Clamp the box (y, x, h, w) into an h x w image (height, width >= 1): origin inside it, sides
+ * >= 1 reaching no further than its edges. Boxes drawn by the crop generators are already inside
+ * (unchanged); out-of-range ones (a centre crop of ratio > 1, hostile metadata, values near
+ * 2^31) would read outside the buffer. 64-bit, so y + h cannot overflow. */
+static void clamp_crop(int32_t height, int32_t width,
+                       int32_t *y, int32_t *x, int32_t *h, int32_t *w) {
+    int64_t y0 = clamp64(*y, 0, height - 1), x0 = clamp64(*x, 0, width - 1);
+    *h = (int32_t)clamp64(*h, 1, height - y0);
+    *w = (int32_t)clamp64(*w, 1, width - x0);
+    *y = (int32_t)y0;
+    *x = (int32_t)x0;
+}
+
+/* Resize the crop of a raw (HWC RGB) sample of `size` bytes. Returns 0, or 2 (grey, counted in
+ * `slot`) when the metadata claims more pixels than the sample holds or a non-positive size;
+ * -1 for a non-positive output size (a caller's error: dst untouched). */
+int fj_crop_resize(const uint8_t *src, uint64_t size, int32_t height, int32_t width,
                    int32_t crop_y, int32_t crop_x, int32_t crop_h, int32_t crop_w,
-                   uint8_t *dst, int32_t out_h, int32_t out_w, int32_t flip) {
-    return resize_box(src, height, width, (int64_t)width * 3, crop_y, crop_x, crop_h, crop_w,
-                      dst, out_h, out_w, flip);
+                   uint8_t *dst, int32_t out_h, int32_t out_w, int32_t flip, int32_t slot) {
+    if (out_h <= 0 || out_w <= 0 || dst == NULL) return -1;
+    if (src == NULL || height <= 0 || width <= 0 || (uint64_t)height * (uint64_t)width * 3 > size)
+        return refuse(dst, out_h, out_w, slot);
+    clamp_crop(height, width, &crop_y, &crop_x, &crop_h, &crop_w);
+    if (resize_box(src, height, width, (int64_t)width * 3, crop_y, crop_x, crop_h, crop_w,
+                   dst, out_h, out_w, flip))
+        return refuse(dst, out_h, out_w, slot);  /* out of memory */
+    return 0;
 }
 
 /* ---------------------------------------------------------------- decode */
@@ -228,10 +280,13 @@ static void fj_emit_message(j_common_ptr cinfo, int level) {
 
 static void fj_output_message(j_common_ptr cinfo) { (void)cinfo; }
 
-static void fill_grey(uint8_t *p, int64_t n) { memset(p, 128, (size_t)n); }
+/* called by libjpeg once per MCU row read (also while a progressive stream is buffered) */
+static void fj_progress(j_common_ptr cinfo) {
+    if (((j_decompress_ptr)cinfo)->input_scan_number > FJ_MAX_SCANS) fj_error_exit(cinfo);
+}
 
-/* per-thread scratch for decoded regions: grows to the largest region seen, lives as long as
- * the (long-lived) loader thread */
+/* per-thread scratch for decoded regions: grows to the largest region seen and lives as long as
+ * the (long-lived) loader thread, unless that region was an outlier (see shrink_thread_buffer) */
 static __thread uint8_t *tls_buf = NULL;
 static __thread uint64_t tls_size = 0;
 
@@ -245,26 +300,60 @@ static uint8_t *thread_buffer(uint64_t need) {
     return tls_buf;
 }
 
+/* after each call: a scratch grown past FJ_KEEP_BYTES by one huge frame is freed, not kept */
+static void shrink_thread_buffer(void) {
+    if (tls_size > FJ_KEEP_BYTES) {
+        free(tls_buf);
+        tls_buf = NULL;
+        tls_size = 0;
+    }
+}
+
+/* bytes of scratch the calling thread keeps between calls (tests check the shrink) */
+uint64_t fj_scratch_bytes(void) { return tls_size; }
+
+/* After jpeg_read_header: refuse (longjmp, grey, counted) a frame larger than the metadata says
+ * (a valid sample's metadata is its frame's size) or than FJ_MAX_PIXELS, before
+ * jpeg_start_decompress allocates for it; a smaller frame gets the crop scaled into it. */
+static void fit_crop_to_frame(j_decompress_ptr cinfo, int32_t *height, int32_t *width,
+                              int32_t *crop_y, int32_t *crop_x, int32_t *crop_h, int32_t *crop_w) {
+    int64_t fh = cinfo->image_height, fw = cinfo->image_width;
+    if (fh > *height || fw > *width || fh * fw > FJ_MAX_PIXELS) fj_error_exit((j_common_ptr)cinfo);
+    if (fh == *height && fw == *width) return;
+    double fy = (double)fh / *height, fx = (double)fw / *width;
+    *crop_y = (int32_t)(*crop_y * fy); *crop_h = (int32_t)ceil(*crop_h * fy);
+    *crop_x = (int32_t)(*crop_x * fx); *crop_w = (int32_t)ceil(*crop_w * fx);
+    *height = (int32_t)fh; *width = (int32_t)fw;
+    clamp_crop(*height, *width, crop_y, crop_x, crop_h, crop_w);
+}
+
 /* Decode the crop (crop_y, crop_x, crop_h, crop_w; full-resolution pixels) of a JPEG and resize it
  * to out_h x out_w into dst (mirrored when flip; fast_dct: libjpeg's IFAST IDCT at full scale).
  * `tmp` (tmp_size bytes) holds the decoded region (height*width*3 bytes always suffice); NULL uses
- * a buffer kept per thread, which stays in cache from one image to the next. Returns 0 on success, 1 when the JPEG was damaged (decoded as far as possible,
- * rest grey), 2 when nothing could be decoded (all grey); damaged samples are counted in `slot`. */
+ * a buffer kept per thread, which stays in cache from one image to the next. Returns 0 on
+ * success, 1 when the JPEG was damaged (decoded as far as possible, rest grey), 2 when nothing
+ * could be decoded or the sample was refused (all grey); both are counted in `slot`. -1: a
+ * non-positive output size (a caller's error). */
 int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, int32_t width,
                           int32_t crop_y, int32_t crop_x, int32_t crop_h, int32_t crop_w,
                           uint8_t *tmp, uint64_t tmp_size,
                           uint8_t *dst, int32_t out_h, int32_t out_w, int32_t flip,
                           int32_t fast_dct, double headroom, int32_t slot) {
     struct jpeg_decompress_struct cinfo;
+    struct jpeg_progress_mgr progress;
     struct fj_error err;
     volatile int started = 0, rows_read = 0;
     volatile int buf_h = 0, buf_w = 0;
     uint8_t *volatile buf = tmp;
     volatile double sy0 = 0, sx0 = 0, sh = 0, sw = 0;
     volatile int region_x = 0;
-    int64_t dst_bytes = (int64_t)out_h * out_w * 3;
 
+    if (out_h <= 0 || out_w <= 0) return -1;
+    if (height <= 0 || width <= 0) return refuse(dst, out_h, out_w, slot);
+    clamp_crop(height, width, &crop_y, &crop_x, &crop_h, &crop_w);
     memset(&cinfo, 0, sizeof(cinfo));
+    memset(&progress, 0, sizeof(progress));
+    progress.progress_monitor = fj_progress;
     cinfo.err = jpeg_std_error(&err.mgr);
     err.mgr.error_exit = fj_error_exit;
     err.mgr.emit_message = fj_emit_message;
@@ -272,36 +361,31 @@ int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, in
     err.warnings = 0;
 
     if (setjmp(err.jump)) {
-        /* libjpeg gave up: keep what was decoded, grey for the rest */
+        /* libjpeg gave up, or the frame was refused: keep what was decoded, grey for the rest */
+        int status = 2;
         if (started && rows_read > 0) {
             int stride = buf_w * 3;
             fill_grey(buf + (int64_t)rows_read * stride, (int64_t)(buf_h - rows_read) * stride);
             if (dst != NULL)
                 resize_box(buf, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw,
                            dst, out_h, out_w, flip);
-            jpeg_destroy_decompress(&cinfo);
             count_failure(slot);
-            return 1;
+            status = 1;
+        } else {
+            refuse(dst, out_h, out_w, slot);
         }
         jpeg_destroy_decompress(&cinfo);
-        if (dst != NULL) fill_grey(dst, dst_bytes);
-        count_failure(slot);
-        return 2;
+        shrink_thread_buffer();
+        return status;
     }
 
     jpeg_create_decompress(&cinfo);
+    cinfo.mem->max_memory_to_use = FJ_LIBJPEG_BYTES;
+    cinfo.progress = &progress;
     if (size == 0 || data == NULL) fj_error_exit((j_common_ptr)&cinfo);
     jpeg_mem_src(&cinfo, data, (unsigned long)size);
     jpeg_read_header(&cinfo, TRUE);
-    if ((int)cinfo.image_width != width || (int)cinfo.image_height != height) {
-        /* metadata disagrees with the stream: scale the crop into the stream's frame */
-        double fy = (double)cinfo.image_height / height, fx = (double)cinfo.image_width / width;
-        crop_y = (int32_t)(crop_y * fy); crop_h = (int32_t)ceil(crop_h * fy);
-        crop_x = (int32_t)(crop_x * fx); crop_w = (int32_t)ceil(crop_w * fx);
-        height = cinfo.image_height; width = cinfo.image_width;
-    }
-    if (crop_h < 1) crop_h = 1;
-    if (crop_w < 1) crop_w = 1;
+    fit_crop_to_frame(&cinfo, &height, &width, &crop_y, &crop_x, &crop_h, &crop_w);
     cinfo.out_color_space = JCS_RGB;
     if (fast_dct) cinfo.dct_method = JDCT_IFAST;
     /* smallest DCT scale M/8 keeping the crop at least `headroom` times as large as the output:
@@ -335,14 +419,8 @@ int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, in
     buf_h = oy1 - oy0;
     uint64_t need = (uint64_t)buf_w * buf_h * 3;
     if (tmp == NULL) buf = thread_buffer(need);
-    if (buf == NULL || (tmp != NULL && need > tmp_size)) {
-        /* out of memory, or a caller's buffer too small (cannot happen for height*width*3) */
-        jpeg_abort_decompress(&cinfo);
-        jpeg_destroy_decompress(&cinfo);
-        if (dst != NULL) fill_grey(dst, dst_bytes);
-        count_failure(slot);
-        return 2;
-    }
+    /* out of memory, or a caller's buffer too small (cannot happen for height*width*3) */
+    if (buf == NULL || (tmp != NULL && need > tmp_size)) fj_error_exit((j_common_ptr)&cinfo);
     started = 1;
     if (oy0 > 0) jpeg_skip_scanlines(&cinfo, (JDIMENSION)oy0);
     int stride = buf_w * 3;
@@ -362,6 +440,7 @@ int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, in
     jpeg_destroy_decompress(&cinfo);
     if (dst != NULL)  /* NULL: decode only (benchmarks/profile_loader.py times the two apart) */
         resize_box(buf, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw, dst, out_h, out_w, flip);
+    shrink_thread_buffer();
     if (err.warnings || rows_read < buf_h) {
         count_failure(slot);
         return 1;
