@@ -58,3 +58,39 @@ def test_param_groups_no_weight_decay_on_batchnorm():
 def test_strip_wrapper_prefixes():
     sd = {"module._orig_mod.fc.bias": torch.zeros(1), "fc.weight": torch.zeros(1)}
     assert set(strip_wrappers(sd)) == {"fc.bias", "fc.weight"}
+
+
+def test_timm_names_and_fixed_input_sizes():
+    """timm:NAME builds timm's model; a misspelt or unprefixed name gets one line with the
+    closest names; a fixed-size model without a dynamic size refuses a resolution change."""
+    import pytest as _pytest
+    from ffcv_utils.cli import UserError
+    from ffcv_utils.models import blurpool_layers, check_arch
+
+    model = create_model("timm:test_vit", 10, resolutions={24, 32, 48}, use_blurpool=True)
+    assert model(torch.zeros(2, 3, 24, 24)).shape == (2, 10)  # dynamic size, padded patches
+    assert model(torch.zeros(2, 3, 48, 48)).shape == (2, 10)
+    assert blurpool_layers(model) == []  # a ViT has no strided conv past its stem
+    cnn = create_model("timm:resnet10t", 10, use_blurpool=True)
+    assert blurpool_layers(cnn) and cnn(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with _pytest.raises(UserError, match=r"timm:test_coatnet takes a fixed input size"):
+        create_model("timm:test_coatnet", 10, resolutions={160, 192})
+    with _pytest.raises(UserError, match=r"did you mean timm:convnext_tiny"):
+        check_arch("timm:convnxt_tiny")
+    with _pytest.raises(UserError, match=r"a timm model: use --model.arch timm:resnet10t"):
+        check_arch("resnet10t")
+
+
+def test_timm_pretrained_without_network_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("from ffcv_utils.cli import run_main\n"
+            "from ffcv_utils.models import create_model\n"
+            "run_main(lambda: create_model('timm:resnet10t', 10, pretrained=True) and 0)\n")
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.strip().splitlines()
+    assert "model.pretrained: cannot load timm's pretrained weights for resnet10t" in line

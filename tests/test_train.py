@@ -116,6 +116,11 @@ def test_sigterm_then_resume_matches_uninterrupted_run(full_run, digits_betons):
     assert [r["epoch"] for r in got] == list(range(EPOCHS))  # each epoch logged once
     for g, w in zip(got, want):
         assert (g["lr"], g["lr_end"], g["train_res"]) == (w["lr"], w["lr_end"], w["train_res"])
+    # the losses continue the interrupted run's: a resume that lost the weights or the optimizer
+    # state would start the resumed epoch near the first epoch's loss
+    k = state["epoch"]
+    assert got[k]["train_loss"] < want[k]["train_loss"] + 0.5 * (want[0]["train_loss"]
+                                                                 - want[k]["train_loss"]), got
     assert got[-1]["top_1"] > 0.2
     assert torch.load(run_dir / "checkpoint_last.pt", weights_only=False)["epoch"] == EPOCHS
 

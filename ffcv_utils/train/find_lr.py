@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
         result = {"suggestions": found, "mean": statistics.mean(found),
                   "median": statistics.median(found), "global_batch": actual,
                   "lr_lr": statistics.median(found) * per_config,
-                  "decoder": f"{type(data.decoder).__module__}.{type(data.decoder).__name__}"}
+                  "decoder": data.decoder}
         if env.is_main:
             out = lr_finder.plot(curves, found, a.out)
             print("suggested LR per run: " + ", ".join(f"{x:.3g}" for x in found))
