@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from .plot import save_figure
 from .distributed import DistEnv, all_reduce_sum
 
 SMOOTHING = 0.9      # EMA factor of the loss (bias-corrected)
@@ -76,10 +76,4 @@ def plot(curves, suggestions, out: str | Path) -> Path:
     ax.set_ylabel("smoothed training loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(out)
-    try:
-        with atomic_path(out, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=90)
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -62,18 +62,23 @@ def make_figure(runs):
     return fig
 
 
-def write_plot(run_dirs, out: str | Path | None = None) -> Path:
-    """Write the figure atomically and return its path."""
+def save_figure(fig, out: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically, close it, and return the path."""
     import matplotlib.pyplot as plt
 
-    fig = make_figure(load_runs(run_dirs))
-    out = Path(out) if out else Path(run_dirs[0]) / "metrics.png"
+    out = Path(out)
     try:
         with atomic_path(out, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=90)
     finally:
         plt.close(fig)
     return out
+
+
+def write_plot(run_dirs, out: str | Path | None = None) -> Path:
+    """Plot the runs' metrics into ``out`` (default: the first run's metrics.png)."""
+    fig = make_figure(load_runs(run_dirs))
+    return save_figure(fig, Path(out) if out else Path(run_dirs[0]) / "metrics.png")
 
 
 def plot_run(run_dir) -> str:
