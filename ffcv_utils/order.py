@@ -31,7 +31,7 @@ import numpy as np
 
 # The prefetch distance of ffcv 1.0.2's process cache (compute_schedule's prefetch_ahead).
 FFCV_PREFETCH_BATCHES = 3
-DEFAULT_WINDOW_PAGES = 64
+DEFAULT_WINDOW_PAGES = 32  # 8 MiB pages: 256 MiB a window, ~2,000 ImageNet samples
 # Stream ids of the per-epoch generators, so the draws of one use never shift another's.
 _PERMUTATION, _PAGES, _WINDOWS = 0, 1, 2
 
@@ -108,6 +108,11 @@ class PageLayout:
         np.minimum.at(sample_page, table["sample_id"].astype(np.int64), pages)
         sample_page[sample_page == np.iinfo(np.int64).max] = -1
         return cls(sample_page, int(reader.page_size))
+
+    def min_window_samples(self, window_pages: int) -> int:
+        """A lower bound of the samples in any ``window_pages`` pages: the smallest pages'."""
+        counts = np.sort(np.unique(self.sample_page[self.sample_page >= 0], return_counts=True)[1])
+        return int(counts[:window_pages].sum())
 
     @classmethod
     def from_file(cls, path) -> "PageLayout":
@@ -196,9 +201,10 @@ def peak_pages(window_pages: int, batch_size: int, min_window_samples: int,
 
     ffcv keeps a page from ``prefetch`` batches before its first use to its last use, so the
     pages held at batch b are those of the windows met by batches b..b+prefetch: at most two
-    partly covered windows plus the whole ones inside those (prefetch+1) x batch_size samples."""
+    partly covered windows, the whole ones inside those (prefetch+1) x batch_size samples, and
+    a rank's last window, which may be short. ``min_window_samples``: PageLayout's bound."""
     whole = (prefetch + 1) * batch_size // max(1, min_window_samples)
-    return window_pages * (2 + whole)
+    return window_pages * (3 + whole)
 
 
 def peak_bytes(page_size: int, window_pages: int, batch_size: int, min_window_samples: int,
