@@ -201,7 +201,8 @@ def _make_ffcv_classes():
             self.random, self.flip_prob = random, float(flip_prob)
 
         def generate_code(self):
-            my_range, address, flip_prob = Compiler.get_iterator(), self.random.address, self.flip_prob
+            my_range = Compiler.get_iterator()
+            address, flip_prob = self.random.address, self.flip_prob
 
             def flip(images, dst, batch_indices):
                 for k in my_range(images.shape[0]):

@@ -71,12 +71,11 @@ def deal(sequence: np.ndarray, batch_size: int, world_size: int, rank: int,
     """Rank ``rank``'s share of a global sequence: its ``batch_size`` of every global step.
 
     ``drop_last=False`` keeps a last partial batch, only possible on one rank."""
-    step = batch_size * world_size
-    steps = len(sequence) // step
-    mine = sequence[:steps * step].reshape(steps, world_size, batch_size)[:, rank].reshape(-1)
     if not drop_last and world_size == 1:
         return sequence
-    return mine
+    steps = len(sequence) // (batch_size * world_size)
+    shaped = sequence[:steps * batch_size * world_size].reshape(steps, world_size, batch_size)
+    return shaped[:, rank].reshape(-1)
 
 
 def random_sequence(num_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -94,7 +93,8 @@ def random_order(num_samples: int, seed: int, epoch: int, batch_size: int, world
 
 @dataclass(frozen=True)
 class PageLayout:
-    """Which page of the beton holds each sample's data (-1: none, all in the metadata)."""
+    """Which page of the beton holds each sample's data (-1: none, all in the metadata; the
+    first page where a sample's fields lie on several, which a one-image beton never does)."""
 
     sample_page: np.ndarray  # int64 per sample
     page_size: int
