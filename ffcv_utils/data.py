@@ -149,10 +149,29 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=None)
+def _loader_threads_only() -> None:
+    """Make ffcv set only its own (numba's) thread count. ffcv 1.0.2's ``Compiler.set_num_threads``
+    also sets torch's to the loader's ``num_workers``, on every ``iter(loader)``: the model's CPU
+    arithmetic then changed with a loader setting, and so did its float rounding."""
+    from multiprocessing import cpu_count
+
+    from ffcv.pipeline.compiler import Compiler
+    from numba import set_num_threads
+
+    def set_threads(cls, n):
+        cls.num_threads = n if n >= 1 else cpu_count()
+        set_num_threads(cls.num_threads)
+
+    Compiler.set_num_threads = classmethod(set_threads)
+
+
+@functools.lru_cache(maxsize=None)
 def _ordered_loader_class():
     """ffcv's Loader walking an ``EpochOrder``: ffcv 1.0.2 takes no order instance (its check
     wants an instance, then calls it), and its ``len`` is the first epoch's, not this one's."""
     from ffcv.loader import Loader, OrderOption
+
+    _loader_threads_only()
 
     class OrderedLoader(Loader):
         def __init__(self, path, order: orders.EpochOrder, **kwargs):
@@ -187,6 +206,7 @@ def val_loader(path: str, *, batch_size: int, num_workers: int, res: int,
     from ffcv.reader import Reader
 
     check_beton(path)
+    _loader_threads_only()
     device = torch.device(device)
     indices = None
     if world_size > 1:
