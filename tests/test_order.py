@@ -199,24 +199,31 @@ def test_two_processes_walk_the_order_then_one_finishes(tmp_path, ids_beton, lay
             assert (seen[2 * k * b:] == tail).all() and len(seen) > N - b
 
 
-@pytest.mark.timeout(300)
-def test_two_torchrun_nodes_share_the_global_order(tmp_path, ids_beton):
+@pytest.mark.timeout(400)
+def test_two_torchrun_nodes_share_the_global_order(tmp_path, ids_beton, layout):
     """Two torchrun agents on this machine as two nodes (c10d rendezvous on localhost), one
-    process each: node r's rank gets its share of the same global sequence."""
+    process each: each node's rank walks its share of both orders, pages on one node only."""
     port, b = _free_port(), 16
     outs = [tmp_path / f"node{i}.npz" for i in range(2)]
     cmds = [[sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
              "--nproc_per_node", "1", "--rdzv_backend", "c10d",
              "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "order-test",
-             "--max_restarts", "0", WORKER, str(ids_beton), str(o)]
+             "--max_restarts", "0", WORKER, str(ids_beton), str(o), "--in-memory", "1,0"]
             for o in outs]
     _run_ranks(cmds, lambda i: _env(OMP_NUM_THREADS=1))
-    got = [np.load(o)["labels1"].reshape(-1) for o in outs]
-    # which node got rank 0 is up to the rendezvous: match each to a rank's share
+    nodes = [np.load(o) for o in outs]
+    # which node got rank 0 is up to the rendezvous: the random shares tell
     shares = [O.random_order(N, 3, 1, b, 2, r) for r in range(2)]
-    assert sorted(int((g == shares[1]).all()) for g in got) == [0, 1]
-    assert all(any((g == s).all() for s in shares) for g in got)
-    _check_epoch(got, b, N, 2 * b - 1)
+    ranks = [next(r for r, s in enumerate(shares) if (n["labels1"].reshape(-1) == s).all())
+             for n in nodes]
+    assert sorted(ranks) == [0, 1]
+    for n, r in zip(nodes, ranks):
+        assert (n["labels0"].reshape(-1) == O.page_order(layout, 3, 1, b, 2, r,
+                                                          window_pages=2)).all()
+    for mode, drop in (("1", 2 * b - 1), ("0", N)):
+        _check_epoch([n[f"labels{mode}"].reshape(-1) for n in nodes], b, N, drop)
+    pages = [set(layout.sample_page[n["labels0"].reshape(-1)]) for n in nodes]
+    assert not pages[0] & pages[1]
 
 
 def _images_by_label(data, epoch):
