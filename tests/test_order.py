@@ -273,3 +273,26 @@ def test_crop_draws_follow_the_sample_not_the_call():
     assert 0.4 < np.mean([r.flip(i) for i in range(2000)]) < 0.6
     r.epoch = 1
     assert sum(a == b for a, b in zip(boxes, (r.crop(i, 120, 90) for i in range(400)))) < 5
+
+
+@pytest.mark.timeout(600)
+def test_trainer_loss_does_not_depend_on_loader_workers(digits_betons, tmp_path):
+    """Two CPU runs of the trainer with one seed, 1 and 2 loader workers: identical train_loss
+    (same samples, same crops, torch's threads not set by the loader)."""
+    train, val = digits_betons
+    losses = []
+    for workers in (1, 2):
+        cmd = [sys.executable, "train_imagenet.py", "--data.train_dataset", str(train),
+               "--data.val_dataset", str(val), "--model.arch", "resnet18",
+               "--resolution.min_res", "32", "--resolution.max_res", "32",
+               "--validation.resolution", "32", "--training.batch_size", "64",
+               "--validation.batch_size", "128", "--data.num_workers", str(workers),
+               "--lr.lr", "0.05", "--lr.batch_size_for_lr", "64", "--training.epochs", "1",
+               "--data.seed", "5", "--logging.folder", str(tmp_path),
+               "--logging.run_id", f"w{workers}"]
+        done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                              timeout=500)
+        assert done.returncode == 0, done.stderr[-3000:]
+        log = (tmp_path / f"w{workers}" / "log.jsonl").read_text().splitlines()
+        losses.append([json.loads(line)["train_loss"] for line in log])
+    assert losses[0] == losses[1] and len(losses[0]) == 1
