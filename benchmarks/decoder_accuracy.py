@@ -2,9 +2,10 @@
 
 Trains the demo recipe (rn18_configs/rn18_demo.yaml) through the real trainer with
 ``--data.decoder fast`` and ``--data.decoder ffcv``, interleaved, for several seeds, and writes one
-row per run (final top-1, train loss, time, first-epoch speed) plus a per-decoder summary. ffcv's
-augmentation randomness (numba's per-thread generators) is not seeded, so two runs with the same
-seed differ anyway: compare the spread, not single runs.
+row per run (final top-1, train loss, time, first-epoch speed) plus a per-decoder summary. Crops
+and flips are seeded per sample since issue 17 (``ffcv_utils.draws``; before, numba's per-thread
+generators made runs with one seed differ), and the two decoders resample differently, so compare
+the spread over seeds, not single runs.
 
     python benchmarks/decoder_accuracy.py --seeds 0,1,2 --out benchmarks/results/decoder_accuracy.csv
 """

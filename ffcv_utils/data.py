@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import order as orders
 from .beton import check as check_beton
 from .config import DECODERS
+from .draws import SampleRandom, seeded_ffcv_ops
 from .watchdog import watch
 
 # ImageNet statistics on the 0-255 scale, as the decoders output uint8.
@@ -28,19 +30,28 @@ DEFAULT_DECODER = DECODERS[0]
 
 @dataclass
 class TrainData:
-    """The training loader and its decoder, whose output size the resolution schedule sets."""
+    """The training loader and its decoder, whose output size the resolution schedule sets,
+    and its order (``ffcv_utils.order.EpochOrder``: this rank's share of each epoch)."""
 
     loader: object
     decoder: object
+    order: orders.EpochOrder | None = None
 
     def set_resolution(self, res: int) -> None:
         # ffcv re-queries output shapes at the start of each epoch, so this takes effect
         # at the next ``iter(loader)`` without recompiling.
         self.decoder.output_size = (int(res), int(res))
 
-    def set_epoch(self, epoch: int) -> None:
-        # The data order is drawn from (seed, epoch): a resumed run must continue the sequence.
+    def set_epoch(self, epoch: int, start: orders.Start = 0) -> None:
+        """The next ``iter(loader)`` is ``epoch``, from ``start``: 0, or the ``position`` a
+        checkpoint saved (the rest of that epoch is dealt to this run's ranks)."""
         self.loader.next_epoch = int(epoch)
+        self.order.resume = (int(epoch), start)
+
+    def position(self, batches: int):
+        """Where the current epoch stands after this rank took ``batches`` batches of it (all
+        ranks step together): save it with the epoch; ``set_epoch(epoch, position)`` resumes."""
+        return self.order.position(batches)
 
     @property
     def resolution(self) -> int:
@@ -59,18 +70,15 @@ def take_decode_failures(decoder_or_loader) -> int:
     return int(take()) if take else 0
 
 
-def _train_image_ops(res: int, decoder: str):
-    """(decoder op, ops up to ToTensor) for RandomResizedCrop + flip."""
+def _train_image_ops(res: int, decoder: str, draws: SampleRandom):
+    """(decoder op, ops up to ToTensor) for RandomResizedCrop + flip drawn from ``draws``."""
     if decoder == "fast":
         from ffcv_utils import fast_decode
 
-        op = fast_decode.random_resized_crop((res, res))  # flip fused into the resize
+        op = fast_decode.random_resized_crop((res, res), random=draws)  # flip fused in
         return op, [op]
-    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-    from ffcv.transforms import RandomHorizontalFlip
-
-    op = RandomResizedCropRGBImageDecoder((res, res))
-    return op, [op, RandomHorizontalFlip()]
+    op, flip = seeded_ffcv_ops((res, res), draws)
+    return op, [op, flip]
 
 
 def _center_crop_op(res: int, ratio: float, decoder: str):
@@ -101,24 +109,80 @@ def _image_tail(device):
 def train_loader(path: str, *, batch_size: int, num_workers: int, res: int,
                  device: torch.device | str = "cpu", distributed: bool = False,
                  in_memory: bool = True, seed: int = 0, drop_last: bool = True,
-                 batches_ahead: int = 3, decoder: str = DEFAULT_DECODER) -> TrainData:
-    """RandomResizedCrop + flip at ``res``; random order, identical on every rank for a seed.
+                 batches_ahead: int = 3, decoder: str = DEFAULT_DECODER,
+                 window_pages: int = orders.DEFAULT_WINDOW_PAGES) -> TrainData:
+    """RandomResizedCrop + flip at ``res`` in the order of ``ffcv_utils.order``: random (the
+    global sequence of (seed, epoch), any number of processes) when ``in_memory``, page-aware
+    (ffcv's process cache, each page read once per epoch by one rank) when not.
 
-    ``decoder``: "fast" or "ffcv" (see ``DECODERS``)."""
-    from ffcv.loader import Loader, OrderOption
+    ``decoder``: "fast" or "ffcv" (see ``DECODERS``); crops and flips are per-sample seeded.
+    ``drop_last=False`` keeps a last partial batch on a single process."""
+    from ffcv.reader import Reader
 
     check_beton(path)  # a cut or foreign file: one line here, not ffcv's traceback
     device = torch.device(device)
-    op, ops = _train_image_ops(res, decoder)
-    image = [*ops, *_image_tail(device)]
-    # QUASI_RANDOM reads less from disk when the set does not fit in the page cache,
-    # but ffcv does not support it with distributed=True.
-    order = OrderOption.RANDOM if (in_memory or distributed) else OrderOption.QUASI_RANDOM
-    loader = Loader(path, batch_size=batch_size, num_workers=num_workers, order=order,
-                    os_cache=in_memory, drop_last=drop_last, distributed=distributed,
-                    seed=seed, batches_ahead=batches_ahead,
-                    pipelines={"image": image, "label": _label_pipeline(device)})
-    return TrainData(watch(loader, path), op)
+    draws = SampleRandom(seed)
+    op, ops = _train_image_ops(res, decoder, draws)
+    reader = Reader(str(path))
+    rank, world_size = _rank_and_world() if distributed else (0, 1)
+    order = orders.EpochOrder(
+        reader.num_samples, seed=seed, batch_size=batch_size, world_size=world_size,
+        rank=rank, layout=None if in_memory else orders.PageLayout.from_reader(reader),
+        window_pages=window_pages, drop_last=drop_last, draws=draws)
+    loader = _ordered_loader_class()(
+        path, order, batch_size=batch_size, num_workers=num_workers, os_cache=in_memory,
+        batches_ahead=batches_ahead,
+        pipelines={"image": [*ops, *_image_tail(device)], "label": _label_pipeline(device)})
+    return TrainData(watch(loader, path), op, order)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size: torch.distributed's, else torchrun's env."""
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _loader_threads_only() -> None:
+    """Make ffcv set only its own (numba's) thread count. ffcv 1.0.2's ``Compiler.set_num_threads``
+    also sets torch's to the loader's ``num_workers``, on every ``iter(loader)``: the model's CPU
+    arithmetic then changed with a loader setting, and so did its float rounding."""
+    from multiprocessing import cpu_count
+
+    from ffcv.pipeline.compiler import Compiler
+    from numba import set_num_threads
+
+    def set_threads(cls, n):
+        cls.num_threads = n if n >= 1 else cpu_count()
+        set_num_threads(cls.num_threads)
+
+    Compiler.set_num_threads = classmethod(set_threads)
+
+
+@functools.lru_cache(maxsize=None)
+def _ordered_loader_class():
+    """ffcv's Loader walking an ``EpochOrder``: ffcv 1.0.2 takes no order instance (its check
+    wants an instance, then calls it), and its ``len`` is the first epoch's, not this one's."""
+    from ffcv.loader import Loader, OrderOption
+
+    _loader_threads_only()
+
+    class OrderedLoader(Loader):
+        def __init__(self, path, order: orders.EpochOrder, **kwargs):
+            # SEQUENTIAL only while ffcv's constructor runs (its first order is an arange)
+            super().__init__(str(path), order=OrderOption.SEQUENTIAL, drop_last=True,
+                             seed=order.seed, **kwargs)
+            self.traversal_order = order
+
+        def __len__(self):
+            return self.traversal_order.num_batches(self.next_epoch)
+
+    return OrderedLoader
 
 
 def shard_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
@@ -141,6 +205,7 @@ def val_loader(path: str, *, batch_size: int, num_workers: int, res: int,
     from ffcv.reader import Reader
 
     check_beton(path)
+    _loader_threads_only()
     device = torch.device(device)
     indices = None
     if world_size > 1:

@@ -3,7 +3,7 @@
 Drop-in replacements for ffcv's ``RandomResizedCropRGBImageDecoder`` (+ ``RandomHorizontalFlip``)
 and ``CenterCropRGBImageDecoder``. Stock ffcv decodes every JPEG whole at full scale, crops, resizes
 with OpenCV's generic ``INTER_AREA`` and copies again to flip. Here the crop is drawn first (with
-ffcv's own ``get_random_crop``, so the statistics are the same), the JPEG is decoded at the
+ffcv's statistics, from per-sample seeded draws: ``ffcv_utils.draws``), the JPEG is decoded at the
 smallest DCT scale M/8 that keeps the crop at least as large as the output and only over the MCU
 rows/columns covering it, and a box-then-bilinear resize writes the (optionally mirrored) output
 directly. Work is in C (``csrc/fastjpeg.c``, loaded with ctypes) and called from the numba code ffcv
@@ -126,9 +126,11 @@ def crop_resize(data: np.ndarray, height: int, width: int, crop: tuple[int, int,
 
 def _make_decoder_classes():
     # ffcv is imported lazily (as in data.py): importing it costs seconds.
-    from ffcv.fields.rgb_image import (IMAGE_MODES, ResizedCropRGBImageDecoder,
-                                       get_center_crop, get_random_crop)
+    from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder, get_center_crop
     from ffcv.pipeline.compiler import Compiler
+    from numba import njit
+
+    from .draws import SampleRandom, flip_draw, random_crop, state_key
 
     lib = library()
     c_decode = lib.fj_decode_crop_resize
@@ -152,8 +154,9 @@ def _make_decoder_classes():
         fast_dct = FAST_DCT
         headroom = HEADROOM
 
-        def __init__(self, output_size):
+        def __init__(self, output_size, random: SampleRandom | None = None):
             super().__init__(output_size)
+            self.random = random or SampleRandom(0)  # (seed, epoch) of the per-sample draws
             self.slot = next(_next_slot) % _SLOTS
             library().fj_take_failures(self.slot)
 
@@ -178,7 +181,7 @@ def _make_decoder_classes():
             my_range = Compiler.get_iterator()
             decode_c = Compiler.compile(decode_jpeg)
             resize_c = Compiler.compile(resize_raw)
-            get_crop_c = Compiler.compile(self.get_crop_generator)
+            get_crop_c = self.get_crop_generator  # already jitted (draws' own, exact float)
             scale, ratio = self.scale, self.ratio
             if isinstance(scale, tuple):
                 scale = np.array(scale)
@@ -188,6 +191,7 @@ def _make_decoder_classes():
             fast_dct = np.int32(1 if self.fast_dct else 0)
             headroom = float(self.headroom)
             slot = np.int32(self.slot)
+            address = self.random.address
 
             def decode(batch_indices, destination, metadata, storage_state):
                 for dst_ix in my_range(len(batch_indices)):
@@ -196,10 +200,9 @@ def _make_decoder_classes():
                     image_data = mem_read(field["data_ptr"], storage_state)
                     height = np.uint32(field["height"])
                     width = np.uint32(field["width"])
-                    i, j, h, w = get_crop_c(height, width, scale, ratio)
-                    flip = np.int32(0)
-                    if flip_prob > 0 and np.random.rand() < flip_prob:
-                        flip = np.int32(1)
+                    key = state_key(address, source_ix)
+                    i, j, h, w = get_crop_c(height, width, scale, ratio, key)
+                    flip = np.int32(1 if flip_draw(key, flip_prob) else 0)
                     if field["mode"] == jpg:
                         decode_c(image_data, height, width, i, j, h, w, destination[dst_ix],
                                  flip, fast_dct, headroom, slot)
@@ -212,18 +215,19 @@ def _make_decoder_classes():
             return decode
 
     class FastRandomResizedCropDecoder(_FastCropDecoder):
-        """RandomResizedCrop (ffcv's statistics: scale, ratio, fallback) + horizontal flip."""
+        """RandomResizedCrop (ffcv's statistics: scale, ratio, fallback) + horizontal flip,
+        drawn from (seed, epoch, sample index) of ``random`` (``ffcv_utils.draws``)."""
 
         def __init__(self, output_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                     flip_prob: float = 0.5):
-            super().__init__(output_size)
+                     flip_prob: float = 0.5, random: SampleRandom | None = None):
+            super().__init__(output_size, random)
             self.scale = scale
             self.ratio = ratio
             self.flip_prob = flip_prob
 
         @property
         def get_crop_generator(self):
-            return get_random_crop
+            return random_crop
 
     class FastCenterCropDecoder(_FastCropDecoder):
         """Centre crop of ``ratio`` times the shorter side, resized to ``output_size``."""
@@ -235,7 +239,13 @@ def _make_decoder_classes():
 
         @property
         def get_crop_generator(self):
-            return get_center_crop
+            return center_crop_keyed
+
+    center = Compiler.compile(get_center_crop)
+
+    @njit
+    def center_crop_keyed(height, width, scale, ratio, key):
+        return center(height, width, scale, ratio)
 
     return FastRandomResizedCropDecoder, FastCenterCropDecoder
 

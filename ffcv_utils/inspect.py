@@ -1,6 +1,6 @@
 """Look inside ``.beton`` files without decoding an image: sample count, label histogram with the
 class names from the sidecar, stored image sizes, JPEG share, file size, and whether the files
-agree with their sidecars and with each other.
+agree with their sidecars and with each other, and whether they fit in memory (``memory_check``).
 
     python -m ffcv_utils.inspect data/train.beton data/val.beton [--all-classes]
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from . import beton, dataset_info
 from .cli import UserError, run_main
+from .memory_check import check_memory
 
 _MODE_JPG = 0  # ffcv.fields.rgb_image.IMAGE_MODES['jpg']
 
@@ -172,6 +173,7 @@ def _report(results: list[dict], all_classes: bool) -> int:
     problems = [p for r in results for p in r["problems"]] + compare(results)
     if len(results) > 1 and not compare(results) and all(r["classes"] for r in results):
         print("\nclass lists agree across files")
+    print(f"\nmemory: {check_memory(r['path'] for r in results).describe()}")
     for p in problems:
         print(f"problem: {p}")
     return 1 if problems else 0
