@@ -64,11 +64,15 @@ def write_error(e: OSError) -> WriteError | None:
 
 @dataclass
 class Progress:
-    """Where a run stands: completed epochs, the best top-1 so far, the per-epoch history."""
+    """Where a run stands: completed epochs, the best top-1 so far, the per-epoch history, and
+    ``step``: None at an epoch's end, else how far into epoch ``epoch`` a step checkpoint was
+    taken (``position``: the data order's resume point, ``step``: the global step, ``loss`` and
+    ``images``: the epoch's loss and image sums so far, over all ranks)."""
 
     epoch: int = 0
     best_top1: float = -1.0
     history: list = field(default_factory=list)
+    step: dict | None = None
 
 
 def training_state(recipe, progress: Progress, *, params: dict, run_id: str) -> dict:
@@ -77,7 +81,8 @@ def training_state(recipe, progress: Progress, *, params: dict, run_id: str) -> 
     state = {"model": recipe.model.state_dict(), "optimizer": recipe.optimizer.state_dict(),
              "scaler": recipe.scaler.state_dict(), "optimizer_steps": recipe.steps,
              "epoch": progress.epoch, "best_top1": progress.best_top1,
-             "history": list(progress.history), "params": params, "run_id": run_id}
+             "history": list(progress.history), "step": progress.step, "params": params,
+             "run_id": run_id}
     if recipe.ema is not None:
         state["ema"] = recipe.ema.module.state_dict()
     return state
@@ -97,7 +102,7 @@ def restore_training(checkpoint: dict, recipe) -> tuple[Progress, list[str]]:
         warnings.append("the checkpoint has no EMA weights; the EMA restarts from the resumed "
                         "weights")
     progress = Progress(checkpoint["epoch"], checkpoint["best_top1"],
-                        list(checkpoint.get("history", [])))
+                        list(checkpoint.get("history", [])), checkpoint.get("step"))
     return progress, warnings
 
 

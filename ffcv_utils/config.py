@@ -79,6 +79,18 @@ class Flag(Checker):
         return "0 or 1"
 
 
+class FlagOrAuto(Flag):
+    """0/1, or ``auto``: the run decides (data.in_memory: from the betons' size and memory)."""
+
+    def check(self, value):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return super().check(value)
+
+    def help(self):
+        return "0, 1 or auto"
+
+
 class Text(Checker):
     """A string; YAML numbers (``port: 12355``) are accepted as their text."""
 
@@ -105,7 +117,11 @@ def declare_sections(cfg: Config) -> Config:
         val_dataset=Param(TEXT, ".beton file for validation", required=True),
         num_workers=Param(INT, "loader threads per process (0: CPU cores / local processes)",
                           default=0),
-        in_memory=Param(FLAG, "does the dataset fit in the page cache? (1/0)", default=1),
+        in_memory=Param(FlagOrAuto(), "1: random order over a memory-mapped beton (it fits in "
+                        "the page cache); 0: the page-aware order, for betons bigger than "
+                        "memory; auto: picked from the betons' size and free memory", default=1),
+        window_pages=Param(INT, "in_memory 0: pages whose samples are shuffled together "
+                                "(memory per process ~ 3 x this x the page size)", default=32),
         gpu=Param(INT, "CUDA device index for a single-process run (torchrun uses LOCAL_RANK)",
                   default=0),
         seed=Param(INT, "seed for data order, augmentation and model init", default=0),
@@ -202,6 +218,11 @@ def declare_sections(cfg: Config) -> Config:
         compile=Param(FLAG, "torch.compile the model (1/0)", default=0),
         resume=Param(TEXT, "checkpoint to resume from, or 'auto': logging.folder/run_id's last",
                      default=""),
+        checkpoint_minutes=Param(FLOAT, "also save a step checkpoint every M minutes during an "
+                                        "epoch, for a mid-epoch resume (0: off; SIGTERM/SIGINT "
+                                        "always save one)", default=0.0),
+        deterministic=Param(FLAG, "deterministic torch algorithms (1/0): with data.seed, two "
+                                  "runs log the same losses", default=0),
     )
     section("augment", "batch augmentations on the device, per sample, seeded by data.seed").params(
         mixup_alpha=Param(FLOAT, "mixup Beta(alpha, alpha) (0: off)", default=0.0),
@@ -432,6 +453,10 @@ def check_values(p: SimpleNamespace) -> None:
     _need(p.data.loader_timeout >= 0, "data.loader_timeout",
           f"must be >= 0 seconds, got {p.data.loader_timeout}")
     _need(p.data.gpu >= 0, "data.gpu", f"must be >= 0, got {p.data.gpu}")
+    _need(p.data.window_pages >= 1, "data.window_pages",
+          f"must be at least 1, got {p.data.window_pages}")
+    _need(p.training.checkpoint_minutes >= 0, "training.checkpoint_minutes",
+          f"must be >= 0, got {p.training.checkpoint_minutes}")
     if p.data.decoder == "fast":
         from ffcv_utils import fast_decode
 

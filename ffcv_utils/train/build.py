@@ -79,13 +79,26 @@ def wrap(setup: Setup, env: du.DistEnv, compile: bool) -> None:
     setup.model = torch.compile(model) if compile else model
 
 
+def settle_in_memory(p, env: du.DistEnv) -> str | None:
+    """Resolve ``data.in_memory auto`` from the betons' size and this node's free memory (rank
+    0 decides, every rank follows); the warning when the betons will not fit the page cache."""
+    from ..memory_check import check_memory, resolve_in_memory
+
+    betons = [p.data.val_dataset] + ([] if p.training.eval_only else [p.data.train_dataset])
+    verdict = check_memory(betons)
+    decided = du.broadcast_object(resolve_in_memory(p.data.in_memory, betons), env)
+    p.data.in_memory = int(decided)
+    return verdict.warning() if decided else None
+
+
 def make_train_data(p, env: du.DistEnv, num_workers: int, epoch: int, seed: int | None = None):
     """The training loader for ``epoch``'s stage (its batch size and resolution)."""
     batch = batch_for(p, epoch)
     train = train_loader(p.data.train_dataset, batch_size=batch, num_workers=num_workers,
                          res=resolution_for(p, epoch), device=env.device,
                          distributed=env.distributed, in_memory=bool(p.data.in_memory),
-                         seed=p.data.seed if seed is None else seed, decoder=p.data.decoder)
+                         seed=p.data.seed if seed is None else seed, decoder=p.data.decoder,
+                         window_pages=p.data.window_pages)
     if len(train.loader) == 0:
         raise UserError(f"training.batch_size {batch} x {env.world_size} "
                         "processes is larger than the training set")

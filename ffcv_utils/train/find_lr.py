@@ -19,7 +19,7 @@ from .. import distributed as du
 from .. import lr_finder
 from ..cli import ArgParser, UserError
 from ..config import load_config
-from .build import build_setup, make_train_data, wrap
+from .build import build_setup, make_train_data, settle_in_memory, wrap
 from .plan import check_class_lists, lr_batches, num_workers_for
 from .steps import train_step
 
@@ -88,6 +88,7 @@ def main(argv=None) -> dict:
     num_classes, _ = check_class_lists(p)
     env = du.init(single_gpu_index=p.data.gpu)
     try:
+        settle_in_memory(p, env)
         num_workers = num_workers_for(p, env.local_world_size)
         lrs = lr_finder.sweep_lrs(a.start_lr, a.end_lr, a.steps)
         curves, found = [], []

@@ -8,6 +8,7 @@ processes, then ``run`` goes through its phases, each a function below:
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -30,10 +31,10 @@ from ..plot import plot_run
 from ..recipe import periodic_checkpoint_name
 from ..schedules import stage_epoch_lrs
 from ..tracking import Trackers
-from .build import Setup, build_setup, make_train_data, make_val_data, wrap
+from .build import Setup, build_setup, make_train_data, make_val_data, settle_in_memory, wrap
 from .plan import (batch_for, check_class_lists, effective_lr, num_workers_for, resolution_for,
                    schedule_kwargs)
-from .signals import Stop, StopSignals
+from .signals import Pauses, Stop, StopSignals
 from .steps import evaluate, train_epoch
 
 
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return run(p, meta, env, num_classes, classes, stop, argv)
         except Stop as s:
-            say(env, f"stopped by {signal.Signals(s.signum).name}; the last completed epoch's "
-                     "checkpoint is intact. Continue with: --training.resume auto "
+            say(env, f"stopped by {signal.Signals(s.signum).name}; the checkpoint of {s.saved} "
+                     "is intact. Continue with: --training.resume auto "
                      f"--logging.run_id {p.logging.run_id}")
             return 128 + s.signum
         except watchdog.LoaderError as e:
@@ -130,8 +131,14 @@ def run(p, meta, env, num_classes, classes, stop, argv) -> int:
 def set_up(p, meta, env, num_classes) -> Run:
     """Seed, run folder (a fresh id shared by all ranks), LR rule, model and recipe."""
     torch.manual_seed(p.data.seed)
-    if env.device.type == "cuda":
+    if p.training.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
+        torch.use_deterministic_algorithms(True)
+    elif env.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    memory_warning = settle_in_memory(p, env)
+    if memory_warning:
+        say(env, f"warning: {memory_warning}")
     run_id = p.logging.run_id or du.broadcast_object(
         time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8], env)
     p.logging.run_id = run_id
@@ -174,7 +181,9 @@ def restore(r: Run) -> ckpt.Progress:
             warnings.append(f"resumed with different settings: {', '.join(changed)}")
         for w in warnings:
             say(env, f"warning: {w}")
-    say(env, f"resuming from {r.resume_from} after epoch {progress.epoch}: {r.which}")
+    where = (f"in epoch {progress.epoch} at global step {progress.step['step']}"
+             if progress.step else f"after epoch {progress.epoch}")
+    say(env, f"resuming from {r.resume_from} {where}: {r.which}")
     return progress
 
 
@@ -216,12 +225,14 @@ def evaluate_only(r: Run) -> int:
 
 
 def train_epochs(r: Run, progress: ckpt.Progress, stop) -> float | None:
-    """Epochs from ``progress.epoch`` on; the last top-1 (None when never validated)."""
+    """Epochs from ``progress.epoch`` on (the first one from its step checkpoint when it has
+    one); the last top-1 (None when never validated)."""
     r.logger.keep_epochs_before(progress.epoch)
     r.first_epoch, r.start_time = progress.epoch, time.perf_counter()
+    pauses = Pauses(stop, r.p.training.checkpoint_minutes)
     top1 = None
     for epoch in range(progress.epoch, r.p.training.epochs):
-        record = train_one_epoch(r, epoch, stop)
+        record = train_one_epoch(r, progress, epoch, pauses)
         if record["top_1"] is not None:
             top1 = record["top_1"]
         end_epoch(r, progress, record)
@@ -229,7 +240,7 @@ def train_epochs(r: Run, progress: ckpt.Progress, stop) -> float | None:
     return top1
 
 
-def train_one_epoch(r: Run, epoch: int, stop) -> dict:
+def train_one_epoch(r: Run, progress: ckpt.Progress, epoch: int, pauses: Pauses) -> dict:
     """Train ``epoch`` at its stage's batch and resolution, validate, count decode failures."""
     p, env = r.p, r.env
     start = time.perf_counter()
@@ -239,15 +250,24 @@ def train_one_epoch(r: Run, epoch: int, stop) -> dict:
                  f"{p.training.batch_size} (linear scaling)")
         r.train_data = make_train_data(p, env, r.num_workers, epoch)
     r.train_data.set_resolution(res)
-    r.train_data.set_epoch(epoch)
-    lrs = stage_epoch_lrs(epoch, len(r.train_data.loader), batch=batch,
+    first, carried = resume_point(r, progress, epoch, batch)
+    lrs = stage_epoch_lrs(epoch, first + len(r.train_data.loader), batch=batch,
                           base_batch=p.training.batch_size, **schedule_kwargs(p, r.lr))
-    stats = train_epoch(r.setup, r.train_data.loader, lrs, env, stop, epoch,
+
+    def on_pause(kind, steps_done, meter):
+        saved = save_step(r, progress, epoch, first, steps_done, meter)
+        if kind == "stop":
+            raise Stop(pauses.stop.signum or signal.SIGTERM, saved)
+
+    stats = train_epoch(r.setup, r.train_data.loader, lrs, env, epoch,
                         accum_steps=p.training.accum_steps, log_level=p.logging.log_level,
+                        first=first, carried=carried, pauses=pauses, on_pause=on_pause,
                         trackers=r.trackers)
     record = {"epoch": epoch, "lr": float(lrs[0]), "lr_end": float(lrs[-1]),
               "train_res": res, "train_batch": batch, "train_iters": len(lrs), **stats,
               "top_1": None, "top_5": None, "val_loss": None, "val_images": None}
+    if progress.step is not None:
+        record["resumed_from_step"] = first
     if p.logging.log_level >= 1 or epoch == p.training.epochs - 1:
         record.update(r.evaluate(r.setup.raw_model))
         ema = r.setup.recipe.ema
@@ -259,6 +279,33 @@ def train_one_epoch(r: Run, epoch: int, stop) -> dict:
     return record
 
 
+def resume_point(r: Run, progress: ckpt.Progress, epoch: int, batch: int):
+    """``(first global step, (loss, images) so far)`` of ``epoch``, and its data order set up:
+    from the start, or where a step checkpoint left it, dealt to this run's processes."""
+    step = progress.step if progress.epoch == epoch else None
+    if step is None:
+        r.train_data.set_epoch(epoch)
+        return 0, (0.0, 0)
+    position = tuple(tuple(leg) for leg in step["position"])
+    r.train_data.set_epoch(epoch, position)
+    consumed = sum(n for _, n in position)
+    return consumed // (batch * r.env.world_size), (step["loss"], step["images"])
+
+
+def save_step(r: Run, progress: ckpt.Progress, epoch: int, first: int, steps_done: int,
+              meter) -> str:
+    """A step checkpoint (rank 0 writes it; every rank sums the loss): what it holds, in words."""
+    sums = meter.reduce(r.env)
+    position = r.train_data.position(steps_done)
+    step = {"position": [list(leg) for leg in position], "step": first + steps_done,
+            "loss": sums["loss"], "images": int(sums["images"])}
+    here = ckpt.Progress(epoch, progress.best_top1, list(progress.history), step)
+    if r.env.is_main:
+        ckpt.atomic_save(ckpt.training_state(r.setup.recipe, here, params=as_flat_dict(r.p),
+                                             run_id=r.run_id), r.run_dir / ckpt.LAST)
+    return f"global step {first + steps_done} of epoch {epoch}"
+
+
 def end_epoch(r: Run, progress: ckpt.Progress, record: dict) -> None:
     """Log, then checkpoint (a kill in between makes the resumed run redo, and re-log, the
     epoch, never skip its line)."""
@@ -266,7 +313,7 @@ def end_epoch(r: Run, progress: ckpt.Progress, record: dict) -> None:
     is_best = record["top_1"] is not None and record["top_1"] > progress.best_top1
     if is_best:
         progress.best_top1 = record["top_1"]
-    progress.epoch = epoch + 1
+    progress.epoch, progress.step = epoch + 1, None
     progress.history.append({k: record[k] for k in ("epoch", "top_1", "train_loss")})
     if not r.env.is_main:
         return

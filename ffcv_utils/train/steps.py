@@ -56,26 +56,30 @@ def train_step(model, images, labels, recipe, env, dtype, channels_last: bool, e
     return loss
 
 
-def train_epoch(setup, loader, lrs, env, stop, epoch, *, accum_steps: int, log_level: int,
+def train_epoch(setup, loader, lrs, env, epoch, *, accum_steps: int, log_level: int,
+                first: int = 0, carried=(0.0, 0), pauses=None, on_pause=None,
                 trackers=None) -> dict:
-    """One pass over ``loader`` with the per-iteration ``lrs``; returns the epoch's statistics."""
+    """One pass over ``loader`` with the epoch's per-iteration ``lrs``, from global step
+    ``first`` on (a resumed epoch, whose loss and image sums so far are ``carried``). After an
+    optimizer step ``pauses.poll`` may ask for a step checkpoint: ``on_pause(kind, steps_done,
+    meter)``, which raises ``Stop`` for a stop signal."""
     from tqdm import tqdm
 
     model, recipe = setup.model, setup.recipe
     model.train()
     meter = SumMeter(("loss", "images"), env.device)
+    if env.is_main:  # summed over ranks at the end: the carried sums count once
+        meter.add(loss=float(carried[0]), images=int(carried[1]))
     iters = len(lrs)
-    bar = tqdm(total=iters, desc=f"epoch {epoch}", disable=not env.is_main, leave=False,
-               dynamic_ncols=True, file=sys.stderr)
-    iterator = iter(loader)
+    bar = tqdm(total=iters, initial=first, desc=f"epoch {epoch}", disable=not env.is_main,
+               leave=False, dynamic_ncols=True, file=sys.stderr)
     groups = accumulation_groups(iters, accum_steps)
-    wait = telemetry.DataWait()
+    iterator, wait = iter(loader), telemetry.DataWait()
     telemetry.start_epoch(env.device)
     start = time.perf_counter()
     try:
-        for i, (images, labels) in enumerate(wait.timed(iterator)):
-            if not env.distributed or i % STOP_CHECK_EVERY == 0:
-                stop.check(env, collective=env.distributed)
+        for k, (images, labels) in enumerate(wait.timed(iterator)):
+            i = first + k
             for group in recipe.optimizer.param_groups:
                 group["lr"] = lrs[i]
             steps_now = (i + 1) % accum_steps == 0 or i == iters - 1
@@ -86,9 +90,13 @@ def train_epoch(setup, loader, lrs, env, stop, epoch, *, accum_steps: int, log_l
             if trackers is not None:
                 trackers.step(epoch * iters + i, loss.detach(), lrs[i])
             if env.is_main and (i % (1 if log_level >= 2 else 10) == 0 or i == iters - 1):
-                rate = (i + 1) * labels.shape[0] * env.world_size / (time.perf_counter() - start)
+                rate = (k + 1) * labels.shape[0] * env.world_size / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lrs[i]:.4f}",
                                 img_s=f"{rate:.0f}")
+            if pauses is not None and i < iters - 1 and polls_at(i, accum_steps, env):
+                kind = pauses.poll(env)
+                if kind:
+                    on_pause(kind, k + 1, meter)
     finally:
         iterator.close()
         bar.close()
@@ -98,8 +106,17 @@ def train_epoch(setup, loader, lrs, env, stop, epoch, *, accum_steps: int, log_l
     sums = meter.reduce(env)
     images = int(sums["images"])
     return {"train_loss": sums["loss"] / max(images, 1), "train_images": images,
-            "train_seconds": seconds, "train_images_per_s": images / seconds,
+            "train_seconds": seconds, "train_images_per_s": (images - int(carried[1])) / seconds,
             **telemetry.epoch_stats(env.device, wait.seconds, seconds)}
+
+
+def polls_at(i: int, accum_steps: int, env) -> bool:
+    """After an optimizer step (never mid-accumulation); under torchrun only every
+    STOP_CHECK_EVERY micro-batches, since each poll is a collective and a host sync."""
+    if (i + 1) % accum_steps:
+        return False
+    return not env.distributed or ((i + 1) // accum_steps) % max(
+        1, STOP_CHECK_EVERY // accum_steps) == 0
 
 
 @torch.no_grad()
