@@ -35,6 +35,8 @@ PARAMS = {  # name: (checker, description, default)
                      PUBLISHED["jpeg_quality"]),
     "reencode": (FLAG, "1: re-encode source JPEGs; 0: store those needing no resize as they are",
                  0),
+    "shuffle": (FLAG, "train: write the images in a seeded shuffled order, so each page mixes "
+                      "the classes (for the trainer's page-aware order); 0: folder order", 1),
     "num_workers": (INT, "writer processes (default: all CPUs)", None),
     "chunk_size": (POS_INT, "images per work item", 100),
     "subset": (INT, "write only this many images, spread over the classes (-1: all)", -1),
@@ -97,7 +99,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
                 compress_probability=values["compress_probability"],
                 jpeg_quality=int(values["jpeg_quality"]), num_workers=values["num_workers"],
                 chunk_size=values["chunk_size"], subset=values["subset"],
-                reencode=bool(values["reencode"]), class_list=values["class_list"],
+                reencode=bool(values["reencode"]), shuffle=bool(values["shuffle"]),
+                class_list=values["class_list"],
                 source_options={k: values[k] for k in SOURCE_KEYS if values[k]})
 
 

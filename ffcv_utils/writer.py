@@ -54,6 +54,9 @@ class Settings:
     chunk_size: int = 100
     subset: int = -1
     reencode: bool = False  # True: never store a source JPEG's own bytes (image_field)
+    # train from an ImageFolder tree: samples in a seeded shuffled order, so every page mixes the
+    # classes (the page-aware order, data.in_memory 0, shuffles within a few pages only)
+    shuffle: bool = True
 
     @classmethod
     def checked(cls, **kw) -> "Settings":
@@ -73,7 +76,7 @@ class Settings:
             raise UserError(f"chunk_size must be at least 1, not {s.chunk_size}")
         return cls(int(s.max_resolution), s.write_mode, float(s.compress_probability),
                    int(s.jpeg_quality), int(s.chunk_size), int(s.subset or -1),
-                   bool(s.reencode))
+                   bool(s.reencode), bool(s.shuffle))
 
     def fields(self) -> dict:
         from ffcv.fields import IntField
@@ -178,7 +181,8 @@ def write_split(data_dir: str | Path | None, split: str, write_path: str | Path,
     classes, class_from = reference_classes(split, target, class_list)
     source = open_source(split, data_dir=data_dir, class_list=classes, **(source_options or {}))
     if source is None:
-        source = ImageFolder(data_root(data_dir), split, classes, class_from)
+        source = ImageFolder(data_root(data_dir), split, classes, class_from,
+                             shuffle_seed=0 if split == "train" and s.shuffle else None)
     return _write(source, target, split, s, class_from, num_workers, progress, t0)
 
 

@@ -58,7 +58,7 @@ def _files(root: Path) -> list[Path]:
 
 def test_eligible_jpegs_are_stored_as_their_own_bytes(jpegs, tmp_path):
     beton = tmp_path / "train.beton"
-    s = write_split(jpegs, "train", beton, max_resolution=64, write_mode="jpg",
+    s = write_split(jpegs, "train", beton, shuffle=False, max_resolution=64, write_mode="jpg",
                     num_workers=2, progress=False)
     assert s["images"] == 14 and s["jpeg_as_is"] == 8
     for i, f in enumerate(_files(jpegs)):
@@ -66,8 +66,9 @@ def test_eligible_jpegs_are_stored_as_their_own_bytes(jpegs, tmp_path):
         assert mode == 0  # JPEG
         assert (stored == f.read_bytes()) == KINDS[f.name][2], f.name
 
-    again = write_split(jpegs, "train", tmp_path / "re.beton", max_resolution=64,
-                        write_mode="jpg", reencode=True, num_workers=1, progress=False)
+    again = write_split(jpegs, "train", tmp_path / "re.beton", shuffle=False,
+                        max_resolution=64, write_mode="jpg", reencode=True, num_workers=1,
+                        progress=False)
     assert again["jpeg_as_is"] == 0 and again["settings"]["reencode"] is True
     for i, f in enumerate(_files(jpegs)):
         assert _stored(tmp_path / "re.beton", i, f.stat().st_size)[1] != f.read_bytes()
@@ -80,8 +81,8 @@ def test_both_decoders_read_passed_through_jpegs_including_progressive_and_gray(
     from ffcv_utils import fast_decode
 
     beton = tmp_path / "train.beton"
-    write_split(jpegs, "train", beton, max_resolution=64, write_mode="jpg", num_workers=1,
-                progress=False)
+    write_split(jpegs, "train", beton, shuffle=False, max_resolution=64, write_mode="jpg",
+                num_workers=1, progress=False)
     for i, f in enumerate(_files(jpegs)):
         if not KINDS[f.name][2]:
             continue
@@ -102,8 +103,8 @@ def test_the_loaders_of_both_decoders_read_a_passthrough_beton(jpegs, tmp_path):
     from ffcv_utils.data import val_loader
 
     beton = tmp_path / "train.beton"
-    write_split(jpegs, "train", beton, max_resolution=64, write_mode="jpg", num_workers=1,
-                progress=False)
+    write_split(jpegs, "train", beton, shuffle=False, max_resolution=64, write_mode="jpg",
+                num_workers=1, progress=False)
     means = {}
     for decoder in ("fast", "ffcv"):
         loader = val_loader(str(beton), batch_size=14, num_workers=1, res=32, decoder=decoder)
@@ -124,7 +125,7 @@ def test_proportion_mode_keeps_its_jpeg_or_raw_choice(jpegs, tmp_path):
     modes = []
     for reencode in (False, True):
         beton = tmp_path / f"p{int(reencode)}.beton"
-        write_split(jpegs, "train", beton, max_resolution=64, reencode=reencode,
-                    num_workers=1, progress=False)
+        write_split(jpegs, "train", beton, shuffle=False, max_resolution=64,
+                    reencode=reencode, num_workers=1, progress=False)
         modes.append(Reader(str(beton)).metadata["f0"]["mode"].tolist())
     assert modes[0] == modes[1] and 0 < sum(modes[0]) < len(modes[0])

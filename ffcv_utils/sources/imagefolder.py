@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from ..cli import UserError
 from .base import Sample, Source
 
@@ -63,10 +65,13 @@ def list_files(class_dir: Path) -> list[str]:
 
 class ImageFolder(Source):
     """One split of an ImageFolder tree. ``classes``: the label order to adopt (``class_source``
-    names where it came from, for messages); None: the sorted folder names."""
+    names where it came from, for messages); None: the sorted folder names. ``shuffle_seed``:
+    yield the samples in that seed's permutation instead of class by class, so every page of
+    the beton mixes the classes (the page-aware order shuffles within a few pages only)."""
 
     def __init__(self, data_dir: str | Path, split: str, classes: list[str] | None = None,
-                 class_source: str | None = None):
+                 class_source: str | None = None, shuffle_seed: int | None = None):
+        self.shuffle_seed = shuffle_seed
         self.root = resolve_split_dir(data_dir, split)
         folders = list_classes(self.root)
         self.skipped, self.warnings = [], []
@@ -90,9 +95,12 @@ class ImageFolder(Source):
                 f"(e.g. {missing[0]!r}); they keep their labels with 0 images")
 
     def __iter__(self) -> Iterator[Sample]:
-        for label, files in enumerate(self._files):
-            for f in files:
-                yield Sample(os.path.relpath(f, self.root), label, path=f)
+        pairs = [(label, f) for label, files in enumerate(self._files) for f in files]
+        if self.shuffle_seed is not None:
+            order = np.random.default_rng(self.shuffle_seed).permutation(len(pairs))
+            pairs = [pairs[i] for i in order]
+        for label, f in pairs:
+            yield Sample(os.path.relpath(f, self.root), label, path=f)
 
     def __len__(self) -> int:
         return sum(map(len, self._files))

@@ -116,7 +116,7 @@ def open_source(split: str, *, data_dir: str | Path | None = None,
         return None
     root = Path(data_dir).expanduser()
     if not root.exists():
-        raise UserError(f"data not found: {root}")
+        raise UserError(f"data {'file' if root.suffix else 'folder'} not found: {root}")
     archive, found_devkit = official_archives(root, split)
     if archive is not None:
         root, devkit = archive, devkit or (None if val_labels else found_devkit)
