@@ -277,22 +277,24 @@ def test_crop_draws_follow_the_sample_not_the_call():
 
 @pytest.mark.timeout(600)
 def test_trainer_loss_does_not_depend_on_loader_workers(digits_betons, tmp_path):
-    """Two CPU runs of the trainer with one seed, 1 and 2 loader workers: identical train_loss
-    (same samples, same crops, torch's threads not set by the loader)."""
+    """Two CPU runs of the trainer with one seed, 1 and 2 loader workers, deterministic
+    algorithms on: identical train_loss (same samples, same crops, torch's threads not set by
+    the loader); another seed gives another loss."""
     train, val = digits_betons
     losses = []
-    for workers in (1, 2):
+    for workers, seed in ((1, 5), (2, 5), (2, 6)):
         cmd = [sys.executable, "train_imagenet.py", "--data.train_dataset", str(train),
                "--data.val_dataset", str(val), "--model.arch", "resnet18",
                "--resolution.min_res", "32", "--resolution.max_res", "32",
                "--validation.resolution", "32", "--training.batch_size", "64",
                "--validation.batch_size", "128", "--data.num_workers", str(workers),
                "--lr.lr", "0.05", "--lr.batch_size_for_lr", "64", "--training.epochs", "1",
-               "--data.seed", "5", "--logging.folder", str(tmp_path),
-               "--logging.run_id", f"w{workers}"]
+               "--data.seed", str(seed), "--training.deterministic", "1",
+               "--logging.folder", str(tmp_path), "--logging.run_id", f"w{workers}s{seed}"]
         done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
                               timeout=500)
         assert done.returncode == 0, done.stderr[-3000:]
-        log = (tmp_path / f"w{workers}" / "log.jsonl").read_text().splitlines()
+        log = (tmp_path / f"w{workers}s{seed}" / "log.jsonl").read_text().splitlines()
         losses.append([json.loads(line)["train_loss"] for line in log])
     assert losses[0] == losses[1] and len(losses[0]) == 1
+    assert losses[2] != losses[0]
