@@ -58,3 +58,28 @@ def test_versions_pinned_alike():
         if pin:
             assert env[name].replace(" ", "") == pin.replace(" ", ""), name
     assert pyproject["ffcv"] == env["ffcv"] == "==1.0.2"
+
+
+def test_console_scripts_are_the_top_level_commands():
+    """Each ``ffcv-*`` console script pip installs calls the ``main`` its top-level script calls,
+    and no top-level script imports another (the code lives in the package)."""
+    import importlib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    top = {"ffcv-write": "write_ffcv.py", "ffcv-train": "train_imagenet.py",
+           "ffcv-find-lr": "find_lr.py", "ffcv-predict": "predict.py", "ffcv-export": "export.py",
+           "ffcv-inspect": None}
+    assert set(scripts) == set(top)
+    commands = (REPO / "ffcv_utils" / "commands.py").read_text()
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name
+        body = commands.split(f"def {func}()")[1].split("def ")[0]
+        used = re.search(r"from (\S+) import main", body).group(1)
+        if top[name]:
+            script = (REPO / top[name]).read_text()
+            assert f"from ffcv_utils{used} import main" in script, (name, used)
+    names = {p.stem for p in REPO.glob("*.py")}
+    for script in REPO.glob("*.py"):
+        imported = re.findall(r"^\s*(?:from|import) (\w+)", script.read_text(), re.M)
+        assert not names & set(imported) - {"setup"}, script.name
