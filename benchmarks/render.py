@@ -2,8 +2,8 @@
 
 Loader CSVs (a ``loader`` column) become one table per run, with every loader's ratio to the
 torchvision row of that same run; model-side CSVs (an ``arch`` column) become a resolution x
-variant table plus an end-to-end table. Every table is headed by the machine and date its
-absolute numbers were measured on.
+variant table plus an end-to-end table; writer CSVs (``write_throughput.py``) a table per run.
+Every table is headed by the machine and date its absolute numbers were measured on.
 
     python benchmarks/render.py [--results benchmarks/results] [--readme README.md]
 """
@@ -165,6 +165,43 @@ def render_accuracy(name: str, df) -> str:
     return head + "\n\n" + markdown_table(summary)
 
 
+def render_write(name: str, df) -> str:
+    """benchmarks/write_throughput.py: the toolkit's writer, with and without JPEG passthrough,
+    and ffcv's DatasetWriter called as ffcv-imagenet calls it."""
+    import pandas as pd
+
+    def ratio(v):
+        return f"{v:.2f}×" if v == v else ""
+
+    table = pd.DataFrame({
+        "writer": df.writer, "mode": df.write_mode, "passthrough": df.passthrough,
+        "img/s (whole write)": df.img_per_s, "× re-encode": df.ratio_vs_reencode.map(ratio),
+        "× ffcv-imagenet": df.ratio_vs_ffcv_imagenet.map(ratio),
+        "start-up s": df.startup_s, "img/s (after start-up)": df.data_img_per_s,
+        "× re-encode, after start-up": df.data_ratio_vs_reencode.map(ratio),
+        "× ffcv-imagenet, after start-up": df.data_ratio_vs_ffcv_imagenet.map(ratio),
+        "CPU ms/img": df.cpu_ms_per_img, "CPU ms/img after start-up": df.data_cpu_ms_per_img,
+        "KB/img stored": df.data_bytes_per_img / 1e3,
+        "stored as source": df.stored_as_source_share.map(lambda v: f"{v:.0%}"),
+        "bytes check": df.as_source_check,
+        "every round img/s": df.rounds_img_per_s.astype(str).str.replace(";", ", "),
+    })
+    loads = df[["load_1m_before", "load_1m_after"]].to_numpy().ravel()
+    head = (f"**Writing a beton** (`{name}`, `benchmarks/write_throughput.py`): "
+            f"{int(_first(df, 'images', 0)):,} ImageNet-like JPEGs "
+            f"({float(_first(df, 'no_resize_share', 0)):.0%} need no resize at "
+            f"{int(_first(df, 'max_resolution', 0))} px; "
+            f"{float(_first(df, 'source_bytes_per_img', 0)) / 1e3:.1f} KB each), "
+            f"{int(_first(df, 'workers', 0))} writer processes, jpeg_quality "
+            f"{int(_first(df, 'jpeg_quality', 0))}, compress_probability "
+            f"{float(_first(df, 'compress_probability', 0))}; each write a fresh process timed "
+            f"whole (imports included), {int(_first(df, 'rounds', 0))} interleaved rounds, "
+            f"best shown. `stored as source`: samples whose stored bytes equal their file's, "
+            f"checked against what the writer claims. Measured on {machine_line(df)}; "
+            f"1-minute load average around the writes {loads.min():.1f}-{loads.max():.1f}.")
+    return head + "\n\n" + markdown_table(table)
+
+
 def render(results: Path) -> str:
     import pandas as pd
 
@@ -187,6 +224,8 @@ def render(results: Path) -> str:
             blocks.append(render_startup(p.name, pd.read_csv(p)))
         if "top_1" in cols and "decoder" in cols:
             blocks.append(render_accuracy(p.name, pd.read_csv(p)))
+        if "stored_as_source_share" in cols:
+            blocks.append(render_write(p.name, pd.read_csv(p)))
     notes = results / "NOTES.md"
     if notes.exists():
         blocks.append(notes.read_text().strip())

@@ -143,3 +143,53 @@ def test_startup_reports_first_batch_times(loader_run, tmp_path):
     assert list(df.decoder) == ["fast"]
     for col in ("build_s", "first_batch_s", "epoch1_s", "first_batch_res2_s", "epoch2_s"):
         assert df[col].iloc[0] > 0, col
+
+
+@pytest.mark.timeout(300)
+def test_write_throughput_reads_every_beton_back(photos_dir, tmp_path):
+    """Three writers (passthrough, re-encode, ffcv-imagenet's call), one round: rates, CPU,
+    sizes, and the stored-as-source check made from the betons themselves."""
+    from benchmarks import render, write_throughput
+    from PIL import Image
+
+    out = tmp_path / "write.csv"
+    write_throughput.run(["--data-dir", str(photos_dir), "--workers", "1", "--rounds", "1",
+                          "--writers", "toolkit-jpg,toolkit-jpg-reencode,ffcv-imagenet-jpg",
+                          "--no-warmup", "--out", str(out)])
+    df = pd.read_csv(out).set_index("writer")
+    for col in ["img_per_s", "data_img_per_s", "startup_s", "cpu_ms_per_img",
+                "data_cpu_ms_per_img", "data_bytes_per_img", "stored_as_source_share",
+                "load_1m_before", *MACHINE_COLUMNS]:
+        assert col in df.columns, col
+    assert list(df.index) == ["toolkit-jpg", "toolkit-jpg-reencode", "ffcv-imagenet-jpg"]
+    assert (df.images == 60).all() and (df.as_source_check == "ok").all()
+    for col in ("img_per_s", "data_img_per_s", "startup_s", "cpu_ms_per_img",
+                "data_cpu_ms_per_img", "data_bytes_per_img"):
+        assert (df[col] > 0).all(), col
+    fits = [max(Image.open(p).size) <= 500 for p in Path(photos_dir, "train").rglob("*.JPEG")]
+    assert 0 < sum(fits) < 60  # some photos are resized, so not every sample can pass through
+    assert df.loc["toolkit-jpg", "stored_as_source_share"] == pytest.approx(sum(fits) / 60)
+    assert df.loc["toolkit-jpg", "claimed_as_is"] == sum(fits)
+    assert df.loc["toolkit-jpg-reencode", "stored_as_source_share"] == 0
+    assert df.loc["ffcv-imagenet-jpg", "stored_as_source_share"] == 0
+    assert df.loc["toolkit-jpg-reencode", "ratio_vs_reencode"] == pytest.approx(1)
+    assert df.loc["ffcv-imagenet-jpg", "ratio_vs_ffcv_imagenet"] == pytest.approx(1)
+    assert pd.isna(df.loc["ffcv-imagenet-jpg", "ratio_vs_reencode"])
+    assert not list((tmp_path / "betons").glob("*.beton"))  # each beton removed once read
+    text = render.render(tmp_path)
+    assert "**Writing a beton** (`write.csv`" in text and "| toolkit-jpg |" in text
+
+
+def test_write_as_source_check_names_a_mismatch():
+    from benchmarks.write_throughput import as_source_check
+
+    ok = {"stored": 10, "stored_as_source": 8}
+    assert as_source_check("toolkit-jpg", ok, claimed=8, no_resize=8, n=10) == "ok"
+    assert as_source_check("toolkit-jpg", dict(ok, stored_as_source=7), 8, 8, 10) == \
+        "MISMATCH: 7 samples hold their source bytes, 8 expected"
+    assert "6 passed through, 8 photos need no resize" in as_source_check(
+        "toolkit-jpg", dict(ok, stored_as_source=6), 6, 8, 10)
+    assert "MISMATCH" in as_source_check("ffcv-imagenet-jpg", ok, 0, 8, 10)
+    assert "9 samples stored, 10 photos" in as_source_check("toolkit-jpg-reencode",
+                                                            {"stored": 9, "stored_as_source": 0},
+                                                            0, 8, 10)
