@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ffcv_utils.cli import ArgParser, run_main
-from ffcv_utils.export import FORMATS, SUFFIX, check, export
+from ffcv_utils.export import FORMATS, SUFFIX, export
 from ffcv_utils.predict import load_run_model
 
 
@@ -26,8 +26,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rm = load_run_model(a.weights, "cpu")
     out = Path(a.out) if a.out else Path(a.weights).parent / f"model{SUFFIX[a.format]}"
-    side = export(rm, a.format, out)
-    res = check(rm, a.format, out, a.check_images)
+    side, res = export(rm, a.format, out, a.check_images)
     print(f"wrote {out} and {side}; matches PyTorch on {res['images']} images "
           f"(same top-1, max |logit diff| {res['max_abs_diff']:.1e})")
     return 0
