@@ -43,8 +43,8 @@ demo: install
 test: install
 	$(PY) -m pytest
 
-# The inner loop: everything but the tests marked slow (torchrun, signals to writer processes,
-# long training runs); `make test` stays the full suite.
+# The inner loop: everything but the tests marked slow (see pyproject.toml's markers);
+# `make test` stays the full suite.
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 

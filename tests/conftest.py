@@ -3,8 +3,15 @@ so the suite pays for each only once)."""
 from __future__ import annotations
 
 import pytest
+import timm  # noqa: F401  (see below)
 
 from ffcv_utils.sample_data import make_digits_folder, make_photo_folder
+
+# timm imports wandb, whose pydantic models parse source with ``ast`` on first import. CPython
+# 3.11's AST constructor keeps its recursion count in shared state (python/cpython#106905), and a
+# first import inside a test, while ffcv loader threads of earlier in-process tests run, once
+# failed with "SystemError: AST constructor recursion depth mismatch" and left a half-imported
+# wandb behind for every later test. Importing it here, before any loader thread, avoids that.
 
 
 @pytest.fixture(scope="session")

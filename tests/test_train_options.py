@@ -16,7 +16,7 @@ import torchvision
 
 from helpers import ROOT, args_for, command, read_log
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # trainer runs
 
 
 def finetune(digits_run, betons, folder, run_id, *extra, env=None):
@@ -70,7 +70,6 @@ def test_bf16_trains_on_cpu(option_runs, digits_run):
     assert params["derived.precision"] == "bfloat16"
 
 
-@pytest.mark.slow
 def test_compiled_model_trains_and_writes_weights_for_the_stock_model(
         digits_run, small_digits_betons, tmp_path):
     cache = tmp_path / "inductor"
