@@ -10,7 +10,7 @@ SYS_PKGS := libturbojpeg0-dev libjpeg-dev libopencv-dev pkg-config g++
 DEMO_DIR := demo_data/digits
 DEMO_OUT := data/demo
 
-.PHONY: install system-deps demo test clean
+.PHONY: install system-deps demo test test-fast clean
 
 install: system-deps $(STAMP)
 
@@ -42,6 +42,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# The inner loop: everything but the tests marked slow (see pyproject.toml's markers);
+# `make test` stays the full suite.
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) data demo_data logs .pytest_cache

@@ -14,32 +14,27 @@ import torch
 
 from .cli import ArgParser, UserError
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_write_text
 from .predict import RunModel, collect, load_run_model, preprocess, to_input
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 
-def export(rm: RunModel, fmt: str, out: Path) -> Path:
-    """Write the model to ``out`` (atomically) and ``out``'s sidecar ``.json`` with classes and
-    preprocessing; returns the sidecar path."""
+def export(rm: RunModel, fmt: str, out: Path, images=None) -> tuple[Path, dict]:
+    """Write the model to ``out`` and ``out``'s sidecar ``.json`` (classes, preprocessing) once the
+    exported file agrees with PyTorch on real images (``check``); returns ``(sidecar, check's
+    result)``. A model that disagrees is refused and leaves no file behind."""
     if fmt not in FORMATS:
         raise UserError(f"--format: must be onnx or torchscript, got {fmt!r}")
-    model = rm.model.float().cpu().eval()
-    example = torch.zeros(2, 3, rm.resolution, rm.resolution)
-    with atomic_path(out) as tmp:
-        if fmt == "onnx":
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"],
-                                        output_names=["logits"],
-                                        dynamic_shapes={"x": {0: batch}}, verbose=False)
-            program.save(str(tmp))
-        else:
-            with torch.no_grad():
-                with warnings.catch_warnings():  # asked for by name: no deprecation notice
-                    warnings.simplefilter("ignore", FutureWarning)
-                    torch.jit.trace(model, example).save(str(tmp))
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        _write_model(rm, fmt, tmp)
+        result = check(rm, fmt, tmp, images, name=out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(out)
     side = out.with_name(out.name + ".json")
     atomic_write_text(side, json.dumps({
         "arch": rm.arch, "format": fmt, "classes": rm.classes, "input": "image, float32 NCHW RGB",
@@ -48,7 +43,23 @@ def export(rm: RunModel, fmt: str, out: Path) -> Path:
                           "mean_0_255": IMAGENET_MEAN, "std_0_255": IMAGENET_STD,
                           "flip_tta": rm.flip_tta}},
         indent=2) + "\n")
-    return side
+    return side, result
+
+
+def _write_model(rm: RunModel, fmt: str, path: Path) -> None:
+    model = rm.model.float().cpu().eval()
+    example = torch.zeros(2, 3, rm.resolution, rm.resolution)
+    if fmt == "onnx":
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"],
+                                    output_names=["logits"],
+                                    dynamic_shapes={"x": {0: batch}}, verbose=False)
+        program.save(str(path))
+    else:
+        with torch.no_grad():
+            with warnings.catch_warnings():  # asked for by name: no deprecation notice each time
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.trace(model, example).save(str(path))
 
 
 def run_exported(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
@@ -73,9 +84,10 @@ def val_beton_batch(rm: RunModel, n: int = 32) -> torch.Tensor:
     return normalize(images.cpu())
 
 
-def check(rm: RunModel, fmt: str, path: Path, images=None, atol: float = 1e-3) -> dict:
+def check(rm: RunModel, fmt: str, path: Path, images=None, atol: float = 1e-3,
+          name: Path | None = None) -> dict:
     """Compare exported vs PyTorch logits on real images (files or folders; by default the run's
-    validation beton); raises UserError when they disagree."""
+    validation beton); raises UserError naming ``name`` (default ``path``) when they disagree."""
     if images is None:
         x = val_beton_batch(rm)
     else:
@@ -95,8 +107,8 @@ def check(rm: RunModel, fmt: str, path: Path, images=None, atol: float = 1e-3) -
     diff = float(np.abs(ref - got).max())
     same_top1 = bool((ref.argmax(1) == got.argmax(1)).all())
     if not same_top1 or diff > atol:
-        raise UserError(f"{path}: exported model disagrees with PyTorch (max |logit diff| "
-                        f"{diff:.2e}, same top-1: {same_top1})")
+        raise UserError(f"{name or path}: exported model disagrees with PyTorch (max |logit diff| "
+                        f"{diff:.2e}, same top-1: {same_top1}); nothing written")
     return {"images": len(x), "max_abs_diff": diff, "same_top1": same_top1}
 
 
@@ -112,13 +124,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rm = load_run_model(a.weights, "cpu")
     out = Path(a.out) if a.out else Path(a.weights).parent / f"model{SUFFIX[a.format]}"
-    side = export(rm, a.format, out)
-    try:
-        res = check(rm, a.format, out, a.check_images)
-    except BaseException:  # a model that disagrees with PyTorch is not left for an app to use
-        out.unlink(missing_ok=True)
-        side.unlink(missing_ok=True)
-        raise
+    side, res = export(rm, a.format, out, a.check_images)
     print(f"wrote {out} and {side}; matches PyTorch on {res['images']} images "
           f"(same top-1, max |logit diff| {res['max_abs_diff']:.1e})")
     return 0

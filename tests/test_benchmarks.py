@@ -26,6 +26,7 @@ def loader_run(photos_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # loader_run: a process per ffcv loader row
 def test_loader_throughput_csv(loader_run):
     df = pd.read_csv(loader_run)
     for col in ["loader", "beton_mode", "res", "workers", "batch_size", "img_per_s",
@@ -42,6 +43,7 @@ def test_loader_throughput_csv(loader_run):
     assert set(df.images_per_epoch) == {56}
 
 
+@pytest.mark.slow  # loader_run: a process per ffcv loader row
 def test_loader_betons_are_cached(loader_run, photos_dir):
     from benchmarks.loader_throughput import ensure_betons, folder_fingerprint, image_files
 
@@ -58,6 +60,7 @@ def test_loader_betons_are_cached(loader_run, photos_dir):
 # numba's dispatcher finalizer may raise an ignored KeyError when a loader's compiled pipeline is
 # collected (noise, as in test_writer.py); not this test's subject.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.slow  # loader_run: a process per ffcv loader row
 def test_train_throughput_cpu_with_e2e(loader_run, tmp_path):
     from benchmarks import train_throughput
 
@@ -90,6 +93,7 @@ def test_train_variant_parsing():
         parse_variant("fp32-fast")
 
 
+@pytest.mark.slow  # loader_run: a process per ffcv loader row
 def test_render_fills_only_the_perf_block(loader_run, tmp_path):
     from benchmarks import render
 
@@ -110,6 +114,7 @@ def test_render_fills_only_the_perf_block(loader_run, tmp_path):
     assert readme.read_text() == text  # idempotent
 
 
+@pytest.mark.slow  # loader_run: a process per ffcv loader row
 def test_profile_loader_times_both_paths(loader_run, tmp_path):
     from benchmarks import profile_loader
 
@@ -132,6 +137,7 @@ def test_profile_loader_times_both_paths(loader_run, tmp_path):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # loader_run: a process per ffcv loader row
 def test_startup_reports_first_batch_times(loader_run, tmp_path):
     from benchmarks import startup
 

@@ -14,6 +14,7 @@ import pytest
 
 from ffcv_utils.beton import BetonError, check
 from ffcv_utils.dataset_info import read_info
+from helpers import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(120)
@@ -58,28 +59,27 @@ def test_check_refuses_broken_betons_with_one_line(digits_betons, tmp_path, spli
         assert "\n" not in message
 
 
-def test_inspect_refuses_a_truncated_beton(digits_betons, tmp_path):
+def test_inspect_refuses_a_truncated_beton(digits_betons, tmp_path, capsys, monkeypatch):
     bad = broken_copy(digits_betons[1], tmp_path, "cut-half")
-    r = subprocess.run([sys.executable, "-m", "ffcv_utils.inspect", str(bad)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines() == [
+    code, _, err = run_script("-m ffcv_utils.inspect", [bad], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [
         f"python -m ffcv_utils.inspect: error: {bad}: truncated: "
-        + r.stderr.split(": truncated: ", 1)[1].strip()]
+        + err.split(": truncated: ", 1)[1].strip()]
 
 
-def test_trainer_refuses_broken_betons_with_one_line(digits_betons, tmp_path):
+def test_trainer_refuses_broken_betons_with_one_line(digits_betons, tmp_path, capsys,
+                                                     monkeypatch):
     from ffcv_utils.config import load_config
     from ffcv_utils.beton import check_trainer_betons
 
     train, val = digits_betons
     bad_train = broken_copy(train, tmp_path, "cut-half")
-    r = subprocess.run([sys.executable, "train_imagenet.py", "--data.train_dataset",
-                        str(bad_train), "--data.val_dataset", str(val),
-                        "--logging.folder", str(tmp_path / "runs")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    lines = r.stderr.strip().splitlines()
+    code, _, err = run_script("train_imagenet.py", [
+        "--data.train_dataset", bad_train, "--data.val_dataset", val,
+        "--logging.folder", tmp_path / "runs"], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
         f"train_imagenet.py: error: data.train_dataset: {bad_train}: truncated: "), lines
     assert not (tmp_path / "runs").exists()  # refused before anything was written

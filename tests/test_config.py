@@ -1,9 +1,8 @@
 """Configuration: every public ffcv-imagenet key accepted, bad input refused in one line before
 any work starts, and the LR scaling rule."""
 import re
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,6 +10,7 @@ from ffcv_utils.cli import UserError
 from ffcv_utils.config import load_config
 from ffcv_utils.dataset_info import write_info
 from ffcv_utils.train import plan
+from helpers import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(ROOT.glob("rn*_configs/*.yaml"))
@@ -197,12 +197,11 @@ def test_class_lists_must_agree(tmp_path, capsys):
     assert plan.check_class_lists(p)[0] == 7
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "train_imagenet.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+def test_cli_errors_are_one_line_exit_2_no_traceback(tmp_path, betons, capsys, monkeypatch):
+    def run_cli(*args):
+        code, out, err = run_script("train_imagenet.py", args, capsys, monkeypatch)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
-
-def test_cli_errors_are_one_line_exit_2_no_traceback(tmp_path, betons):
     bad = run_cli(*betons, "--training.batch_sise", "64")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [

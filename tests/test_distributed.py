@@ -6,41 +6,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, damaged_copy, free_port, read_log
 
-
-def read_log(run_dir):
-    with open(Path(run_dir) / "log.jsonl") as f:
-        return [json.loads(line) for line in f]
-
-
-def damaged_copy(beton, folder):
-    """``beton`` and its sidecar copied, the header of its first JPEG sample zeroed (that image
-    decodes grey and is counted as a decode failure)."""
-    import shutil
-
-    from ffcv.reader import Reader
-
-    from ffcv_utils.dataset_info import sidecar_path
-
-    out = Path(folder) / "val_damaged.beton"
-    shutil.copyfile(beton, out)
-    shutil.copyfile(sidecar_path(beton), sidecar_path(out))
-    meta = Reader(str(out)).metadata["f0"]
-    first_jpeg = int((meta["mode"] == 0).nonzero()[0][0])
-    with open(out, "r+b") as f:
-        f.seek(int(meta["data_ptr"][first_jpeg]))
-        f.write(b"\x00" * 64)
-    return out
+pytestmark = pytest.mark.slow
 
 
 def test_torchrun_two_processes_counts_val_once(digits_betons, tmp_path):
     train, _ = digits_betons
-    val = damaged_copy(digits_betons[1], tmp_path)
+    val = damaged_copy(digits_betons[1], tmp_path / "val_damaged.beton")
     common = ["--data.train_dataset", str(train), "--data.val_dataset", str(val),
               "--resolution.min_res", "32", "--resolution.max_res", "32",
               "--validation.resolution", "32", "--validation.batch_size", "100",
@@ -48,7 +24,7 @@ def test_torchrun_two_processes_counts_val_once(digits_betons, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--master_port=29517", str(ROOT / "train_imagenet.py"),
+         f"--master_port={free_port()}", str(ROOT / "train_imagenet.py"),
          "--config-file", str(ROOT / "rn18_configs/rn18_16_epochs.yaml"), *common,
          "--training.epochs", "1", "--lr.lr_peak_epoch", "0.5", "--training.batch_size", "64",
          "--logging.run_id", "ddp"],

@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from test_train import args_for
+from helpers import args_for
 
 from ffcv_utils import lr_finder
 from ffcv_utils.cli import UserError
+from ffcv_utils.schedules import scaled_lr
 from ffcv_utils.train import find_lr
 
 pytestmark = pytest.mark.timeout(240)
@@ -34,7 +35,8 @@ def test_suggest_picks_steepest_descent_and_divergence_stops():
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_finder_on_digits_gives_finite_lr_inside_the_sweep(digits_betons, tmp_path):
     out = tmp_path / "lr.png"
-    args = args_for(digits_betons, tmp_path)
+    # lr.lr is for a global batch of 256; the sweep runs at 64
+    args = args_for(digits_betons, tmp_path, "--lr.batch_size_for_lr", "256")
     result = find_lr.main(["--runs", "2", "--steps", "40", "--start-lr", "1e-4",
                            "--end-lr", "20", "--out", str(out), *args])
     gc.collect()  # let numba's finalizer noise surface here, under this test's filter
@@ -42,8 +44,11 @@ def test_finder_on_digits_gives_finite_lr_inside_the_sweep(digits_betons, tmp_pa
     for lr in result["suggestions"]:
         assert math.isfinite(lr) and 1e-4 <= lr <= 20
     assert result["median"] == pytest.approx(np.median(result["suggestions"]))
-    # args_for's lr.batch_size_for_lr equals its global batch (64): lr.lr is the found LR
-    assert result["lr_lr"] == pytest.approx(result["median"])
+    # the lr.lr to put in the config is 4x the LR found at batch 64: the trainer's linear
+    # scaling brings it back to the found LR at this global batch
+    assert result["global_batch"] == 64
+    assert result["lr_lr"] == pytest.approx(4 * result["median"])
+    assert scaled_lr(result["lr_lr"], 64, 256) == pytest.approx(result["median"])
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -63,10 +68,11 @@ def test_finder_steps_like_the_trainer_with_accumulation(digits_betons, tmp_path
     args = args_for(digits_betons, tmp_path)
     result = find_lr.main(["--runs", "1", "--steps", "8", "--start-lr", "1e-4", "--end-lr", "1e-2",
                            "--out", str(tmp_path / "lr.png"), *args,
-                           "--training.batch_size", "32", "--training.accum_steps", "2"])
+                           "--training.batch_size", "32", "--training.accum_steps", "2",
+                           "--lr.batch_size_for_lr", "128"])
     gc.collect()
-    assert result["global_batch"] == 64
-    assert result["lr_lr"] == pytest.approx(result["median"])
+    assert result["global_batch"] == 64  # 32 x 2 micro-batches, not 32
+    assert result["lr_lr"] == pytest.approx(2 * result["median"])
     assert swept and len(seen) == swept[0]  # one optimizer step per LR, not one per micro-batch
 
 

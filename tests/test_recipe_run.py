@@ -6,7 +6,6 @@ mid-way through resolution.schedule and keeps checkpoints every 2 epochs."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,10 @@ from ffcv_utils import checkpoint as ckpt
 from ffcv_utils.models import create_model
 from ffcv_utils.schedules import cosine_lr
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, free_port
+
 EPOCHS = 4
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def rsb_run(digits_betons, tmp_path_factory):
             "--resolution.schedule", "0,32,32;2,32,16"]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--master_port=29571", str(ROOT / "train_imagenet.py"), *args],
+         f"--master_port={free_port()}", str(ROOT / "train_imagenet.py"), *args],
         capture_output=True, text=True, cwd=ROOT, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder / "rsb", result, args
@@ -63,11 +64,12 @@ def test_rsb_recipe_learns_under_torchrun_with_ema(rsb_run):
         "checkpoint_epoch_2.pt", "checkpoint_epoch_4.pt"]
     assert [r["epoch"] for r in log] == list(range(EPOCHS))
     for r in log:
-        assert 0 <= r["ema_top_1"] <= r["ema_top_5"] <= 1
+        assert r["ema_top_1"] <= r["ema_top_5"]
         assert r["val_images"] == 363
     # chance is 0.1 (top-5: 0.5); seen on 2 shared CPU cores: top_1 0.39-0.51, ema_top_5 0.88-0.90
     assert log[-1]["top_1"] > 0.25, log
     assert log[-1]["ema_top_5"] > 0.7, log
+    assert log[-1]["ema_top_1"] > 0.2, log  # the EMA model learnt too (chance: 0.1)
 
     last = ckpt.load(run_dir / ckpt.LAST)
     final_ema = torch.load(run_dir / ckpt.FINAL_EMA, weights_only=True)
@@ -103,18 +105,25 @@ def test_eval_only_on_the_checkpoint_uses_and_names_its_ema_weights(rsb_run):
 @pytest.mark.timeout(200)
 def test_resume_mid_schedule_lands_in_its_stage_with_the_ema(rsb_run):
     """Resume from the every-2-epochs backup (2 epochs done): the run starts at epoch 2 in the
-    batch-16 stage and restores the EMA from the checkpoint (one process, one more epoch)."""
+    batch-16 stage and restores the EMA from the checkpoint (one process, one more epoch). With
+    ema.every past the epoch's optimizer steps the EMA is never updated in that epoch, so the
+    run's final EMA weights must be the checkpoint's EMA, not a copy of its raw weights."""
     run_dir, _, args = rsb_run
     drop = ("--training.distributed", "--dist.world_size", "--logging.run_id", "--training.epochs")
     pairs = dict(zip(args[::2], args[1::2]))
     args = [x for k, v in pairs.items() if k not in drop for x in (k, v)]
     result = subprocess.run(
         [sys.executable, str(ROOT / "train_imagenet.py"), *args, "--training.epochs", "3",
-         "--logging.run_id", "resumed",
+         "--logging.run_id", "resumed", "--ema.every", "100000",
          "--training.resume", str(run_dir / "checkpoint_epoch_2.pt")],
         capture_output=True, text=True, cwd=ROOT, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "after epoch 2" in result.stderr and "no EMA weights" not in result.stderr
     log = [json.loads(line) for line in open(run_dir.parent / "resumed" / "log.jsonl")]
     assert [(r["epoch"], r["train_batch"]) for r in log] == [(2, 16)]
-    assert 0 <= log[0]["ema_top_1"] <= 1
+    saved = ckpt.strip_wrappers(torch.load(run_dir / "checkpoint_epoch_2.pt",
+                                           weights_only=False)["ema"])
+    final_ema = torch.load(run_dir.parent / "resumed" / ckpt.FINAL_EMA, weights_only=True)
+    assert all(torch.equal(final_ema[k], saved[k]) for k in saved)
+    raw = torch.load(run_dir.parent / "resumed" / ckpt.FINAL, weights_only=True)
+    assert not torch.equal(raw["fc.weight"], final_ema["fc.weight"])  # training went on

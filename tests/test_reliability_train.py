@@ -22,7 +22,7 @@ import torch
 from ffcv_utils.dataset_info import read_info
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # two training runs
 
 # Runs the real trainer with one extra op in the *training* loader's label pipeline (the first
 # one built) that raises at the given batch number, counted over the whole run.

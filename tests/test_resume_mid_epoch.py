@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import time
 import pytest
 import torch
 
-from test_train import ROOT, args_for, command, full_run, read_log, run  # noqa: F401
+from helpers import ROOT, args_for, command, free_port, read_log, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -34,18 +33,17 @@ def wait_for_step_checkpoint(proc, path, deadline_s=300):
         time.sleep(0.3)
 
 
-def test_sigkill_after_a_step_checkpoint_then_resume_equals_the_uninterrupted_run(
-        full_run, digits_betons):  # noqa: F811
-    folder, full_dir, _ = full_run
+def test_sigkill_after_a_step_checkpoint_then_resume_equals_the_uninterrupted_run(digits_run):
+    betons, folder, full_dir, _ = digits_run
     run_dir = folder / "killed"
-    proc = subprocess.Popen(command(*args_for(digits_betons, folder, "--logging.run_id", "killed",
+    proc = subprocess.Popen(command(*args_for(betons, folder, "--logging.run_id", "killed",
                                               "--training.checkpoint_minutes", "0.05")),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = wait_for_step_checkpoint(proc, run_dir / "checkpoint_last.pt")
     proc.kill()
     proc.communicate(timeout=60)
     assert state["step"]["step"] > 0 and state["step"]["images"] > 0
-    resumed = run(*args_for(digits_betons, folder, "--logging.run_id", "killed",
+    resumed = run(*args_for(betons, folder, "--logging.run_id", "killed",
                             "--training.resume", "auto", "--training.checkpoint_minutes", "0.05"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got, want = read_log(run_dir), read_log(full_dir)
@@ -56,12 +54,6 @@ def test_sigkill_after_a_step_checkpoint_then_resume_equals_the_uninterrupted_ru
         assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-9, abs=1e-12), (g, w)
         assert g["train_images"] == w["train_images"]
         assert g["top_1"] == w["top_1"] and g["lr_end"] == w["lr_end"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_stopped_mid_epoch_continue_on_one(digits_betons, tmp_path):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from test_train import ROOT, args_for, read_log, run
+from helpers import ROOT, args_for, read_log, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 CHANCE = 0.1  # 10 classes; +-0.016 on the 363 val images

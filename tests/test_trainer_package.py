@@ -9,7 +9,7 @@ import gc
 import pytest
 import torch
 
-from test_train import args_for
+from helpers import args_for
 
 from ffcv_utils import checkpoint as ckpt
 from ffcv_utils import distributed as du

@@ -1,33 +1,27 @@
-"""Watching a run and using its model, on one short real trainer run over the digits betons:
+"""Watching a run and using its model, on the shared trainer run (conftest.py's ``digits_run``):
 TensorBoard event files, W&B offline run folder, telemetry in log.jsonl, the metrics plot,
-prediction on image files and ONNX/TorchScript export checked against PyTorch."""
+prediction on image files and ONNX/TorchScript export checked against PyTorch (an export that
+disagrees is refused). The command-line tools run in process (``helpers.run_script``)."""
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from test_train import EPOCHS, ROOT, args_for, command
+from helpers import EPOCHS, run_script
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def watched_run(digits_betons, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("watched")
-    env = dict(os.environ, WANDB_DIR=str(folder / "wandb_dir"), WANDB_SILENT="true",
-               WANDB_MODE="offline", WANDB_DISABLE_GIT="true")
-    result = subprocess.run(command(*args_for(digits_betons, folder), "--logging.run_id", "w", "--logging.tensorboard", "1",
-                                    "--logging.step_interval", "5",
-                                    "--logging.wandb_project", "ffcv-test",
-                                    "--logging.wandb_mode", "offline"),
-                            capture_output=True, text=True, cwd=ROOT, timeout=280, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder / "w", result
+def watched_run(digits_run):
+    """conftest.py's shared run (TensorBoard and offline W&B on): ``(run_dir, result)``."""
+    _, _, run_dir, result = digits_run
+    return run_dir, result
 
 
 def test_tensorboard_event_files_hold_step_and_epoch_scalars(watched_run):
@@ -62,7 +56,8 @@ def test_log_has_telemetry_and_classes_are_recorded(watched_run, digits_dir):
         d.name for d in (Path(digits_dir) / "train").iterdir())
 
 
-def test_trainer_writes_plot_and_plot_cli_overlays_runs(watched_run, tmp_path):
+def test_trainer_writes_plot_and_plot_cli_overlays_runs(watched_run, tmp_path, capsys,
+                                                        monkeypatch):
     from PIL import Image
     run_dir, result = watched_run
     png = run_dir / "metrics.png"
@@ -70,26 +65,29 @@ def test_trainer_writes_plot_and_plot_cli_overlays_runs(watched_run, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(png).size[0] > 1000
     out = tmp_path / "both.png"
-    cli = subprocess.run([sys.executable, "-m", "ffcv_utils.plot", str(run_dir), str(run_dir),
-                          "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert cli.returncode == 0 and out.is_file(), cli.stderr
+    code, _, err = run_script("-m ffcv_utils.plot", [run_dir, run_dir, "--out", out], capsys,
+                              monkeypatch)
+    assert code == 0 and out.is_file(), err
     from ffcv_utils.plot import PANELS, load_runs, make_figure
     fig = make_figure(load_runs([run_dir, run_dir]))
     assert [ax.get_title() for ax in fig.axes] == [title for title, _ in PANELS]
     accuracy = fig.axes[1]
     assert len(accuracy.get_lines()) == 4  # top-1 and top-5 for each of the two runs (no EMA)
-    bad = subprocess.run([sys.executable, "-m", "ffcv_utils.plot", str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert bad.returncode == 2 and "no log.jsonl" in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
+    code, _, err = run_script("-m ffcv_utils.plot", [tmp_path], capsys, monkeypatch)
+    assert code == 2 and "no log.jsonl" in err
+    assert len(err.strip().splitlines()) == 1
 
 
-def tool(script, *args):
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+@pytest.fixture
+def tool(capsys, monkeypatch):
+    """``tool(script, *args)``: the script's command line run in process (``run_script``)."""
+    def call(script, *args):
+        code, out, err = run_script(script, args, capsys, monkeypatch)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return call
 
 
-def test_predict_on_image_folder_matches_the_trainers_validation(watched_run, digits_dir):
+def test_predict_on_image_folder_matches_the_trainers_validation(watched_run, digits_dir, tool):
     run_dir, _ = watched_run
     logged = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])["top_1"]
     result = tool("predict.py", "--weights", run_dir / "final_weights.pt",
@@ -105,7 +103,8 @@ def test_predict_on_image_folder_matches_the_trainers_validation(watched_run, di
     assert first.count(", ") == 4  # top-5 names with probabilities
 
 
-def test_predict_lists_unreadable_images_and_refuses_bad_input(watched_run, digits_dir, tmp_path):
+def test_predict_lists_unreadable_images_and_refuses_bad_input(watched_run, digits_dir, tmp_path,
+                                                               tool):
     run_dir, _ = watched_run
     good = next((Path(digits_dir) / "val").rglob("*.jpg"))
     broken = tmp_path / "broken.jpg"
@@ -126,7 +125,8 @@ def test_predict_lists_unreadable_images_and_refuses_bad_input(watched_run, digi
 
 
 @pytest.mark.parametrize("fmt,images", [("onnx", "folder"), ("torchscript", "val beton")])
-def test_export_agrees_with_pytorch_on_real_images(watched_run, digits_dir, tmp_path, fmt, images):
+def test_export_agrees_with_pytorch_on_real_images(watched_run, digits_dir, tmp_path, fmt, images,
+                                                  tool):
     run_dir, _ = watched_run  # the run's model uses BlurPool (args_for)
     out = tmp_path / f"model.{fmt}"
     check = ("--check-images", Path(digits_dir) / "val") if images == "folder" else ()
@@ -148,6 +148,35 @@ def test_export_agrees_with_pytorch_on_real_images(watched_run, digits_dir, tmp_
     with torch.no_grad():
         ref = rm.model(x).numpy()
     assert np.allclose(run_exported(fmt, out, x), ref, atol=1e-3)
+
+
+def test_export_that_disagrees_with_pytorch_is_refused_and_leaves_nothing(
+        watched_run, digits_dir, tmp_path, tool, monkeypatch):
+    """The ONNX exporter is made to export a slightly different model (one logit's bias moved),
+    as a faulty exporter or an op ONNX computes differently would: the check on real images
+    refuses it in one line and no model file or sidecar is left behind."""
+    import copy
+
+    import torch
+
+    real_export = torch.onnx.export
+
+    def faulty_export(model, *args, **kwargs):
+        wrong = copy.deepcopy(model)
+        with torch.no_grad():
+            wrong.fc.bias[0] += 0.5
+        return real_export(wrong, *args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", faulty_export)
+    run_dir, _ = watched_run
+    out = tmp_path / "model.onnx"
+    result = tool("export.py", "--weights", run_dir / "final_weights.pt", "--format", "onnx",
+                  "--check-images", Path(digits_dir) / "val", "--out", out)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"export.py: error: {out}: exported model disagrees with PyTorch "
+                           "(max |logit diff| 5.00e-01"), line
+    assert list(tmp_path.iterdir()) == []  # no model.onnx, no sidecar, no temporary file
 
 
 def test_tracking_is_one_line_when_missing_and_wandb_id_survives_resume(tmp_path, monkeypatch,

@@ -226,6 +226,7 @@ def interrupted(big_dir, tmp_path_factory):
                 run["proc"].wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,rc,word", [(signal.SIGTERM, 143, "terminated"),
                                          (signal.SIGINT, 130, "interrupted")])
 def test_signal_mid_write_removes_the_partial_file_and_stops_every_process(
@@ -241,6 +242,7 @@ def test_signal_mid_write_removes_the_partial_file_and_stops_every_process(
     assert list(run["out"].iterdir()) == []  # no temporary file either
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_parent_takes_the_writer_processes_down(interrupted):
     run = interrupted[signal.SIGKILL]
     assert run["rc"] == -signal.SIGKILL
