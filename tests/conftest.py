@@ -14,6 +14,17 @@ from ffcv_utils.sample_data import make_digits_folder, make_photo_folder
 # wandb behind for every later test. Importing it here, before any loader thread, avoids that.
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """No child a test started may outlive the suite: multiprocessing joins its children at exit,
+    so one stuck child would keep pytest (and CI) waiting forever after the summary."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        print(f"\nkilling leftover child process {child.pid} ({child.name})")
+        child.kill()
+        child.join(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
     """scikit-learn digits as ImageFolder: train/ (~1,440 images) and val/ (~360), 10 classes."""

@@ -69,11 +69,14 @@ def test_sigterm_then_resume_matches_uninterrupted_run(digits_run):
     proc = subprocess.Popen(command(*args_for(betons, folder, "--logging.run_id",
                                               "interrupted")),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = run_dir / "log.jsonl"
+    # epoch 0's checkpoint is written after its log line; once it is there, the run is in
+    # epoch 1 (a signal between the two would stop at the epoch's end, not mid-epoch)
+    saved = run_dir / "checkpoint_last.pt"
     deadline = time.time() + 300
-    while not (log.exists() and log.read_text().count("\n") >= 1):
+    while not saved.exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.2)
+        time.sleep(0.1)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]

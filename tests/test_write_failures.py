@@ -4,7 +4,6 @@ read-only bind mount when running as root, where chmod does not bind). The train
 case is in test_reliability_train.py."""
 from __future__ import annotations
 
-import multiprocessing
 import os
 import resource
 import shutil
@@ -29,24 +28,29 @@ def limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
 
 
-def _save_limited(path, queue):
-    limit_file_size()
-    try:
-        ckpt.atomic_save({"w": torch.ones(2 * LIMIT // 4)}, path)
-        queue.put("saved")
-    except ckpt.WriteError as e:
-        queue.put(str(e))
+SAVE_LIMITED = """
+import sys, torch
+from ffcv_utils import checkpoint as ckpt
+sys.path.insert(0, sys.argv[2])
+from test_write_failures import limit_file_size
+limit_file_size()
+try:
+    ckpt.atomic_save({"w": torch.ones(2 * %d // 4)}, sys.argv[1])
+    print("saved")
+except ckpt.WriteError as e:
+    print(e)
+""" % LIMIT
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
+    # A fresh process, not a fork: forking a test process that holds torch's and numba's threads
+    # can leave the child waiting on a lock forever (and a stuck child keeps pytest from exiting).
     path = tmp_path / ckpt.LAST
     ckpt.atomic_save({"epoch": 3}, path)
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_save_limited, args=(path, queue))
-    child.start()
-    message = queue.get(timeout=60)
-    child.join(timeout=30)
+    child = subprocess.run([sys.executable, "-c", SAVE_LIMITED, str(path), str(Path(__file__).parent)],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    message = child.stdout.strip()
+    assert child.returncode == 0 and "Traceback" not in child.stderr, child.stderr[-2000:]
     assert message.startswith(f"cannot write {path}: ") and "\n" not in message, message
     assert message.endswith("(the previous one is intact)")
     assert ckpt.load(path) == {"epoch": 3}
