@@ -145,5 +145,15 @@ def markdown_table(df) -> str:
     return "\n".join(out)
 
 
+def print_summary(setting: str, info: dict, table, out) -> None:
+    """The end of a benchmark run: what was measured, on which machine and load, the table,
+    and where the rows went."""
+    print()
+    print(f"{setting}, {info['cpu_model']} ({info['cpu_cores']} cores), {info['date']}, "
+          f"load {info['load_avg_1m_at_start']}")
+    print(markdown_table(table))
+    print(f"wrote {out}")
+
+
 def now() -> float:
     return time.perf_counter()

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine_info, markdown_table, now, run_child  # noqa: E402
+from benchmarks._common import machine_info, now, print_summary, run_child  # noqa: E402
 
 ALL_LOADERS = ["toolkit-proportion", "toolkit-jpg", "ffcv-stock", "ffcv-stock-jpg", "val-fast",
                "val-ffcv", "torchvision", "dali-cpu"]
@@ -463,12 +463,8 @@ def run(argv: list[str] | None = None):
                "note"]].copy()
     show["dataset_bytes"] = (show.dataset_bytes / 2**20).round(1)
     show = show.rename(columns={"dataset_bytes": "dataset_MiB"})
-    print()
-    print(f"{len(files)} images, res {args.res}, {args.workers} workers, batch {args.batch_size}, "
-          f"{info['cpu_model']} ({info['cpu_cores']} cores), {info['date']}, "
-          f"load {info['load_avg_1m_at_start']}")
-    print(markdown_table(show))
-    print(f"wrote {out}")
+    print_summary(f"{len(files)} images, res {args.res}, {args.workers} workers, "
+                  f"batch {args.batch_size}", info, show, out)
     return df
 
 

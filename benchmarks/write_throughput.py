@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine_info, markdown_table, now, run_child  # noqa: E402
+from benchmarks._common import machine_info, now, print_summary, run_child  # noqa: E402
 
 # writer -> (program, write_mode, passthrough)
 WRITERS = {
@@ -357,12 +357,8 @@ def finish(writers, args, data_dir: Path, files: list[Path], work: Path, out: Pa
                "ratio_vs_ffcv_imagenet", "startup_s", "cpu_ms_per_img", "data_cpu_ms_per_img",
                "data_bytes_per_img",
                "stored_as_source_share", "as_source_check", "rounds_img_per_s"]]
-    print()
-    print(f"{len(files)} photos ({src['no_resize_share']:.0%} need no resize), "
-          f"{args.workers} workers, {args.rounds} rounds, {info['cpu_model']} "
-          f"({info['cpu_cores']} cores), {info['date']}, load {info['load_avg_1m_at_start']}")
-    print(markdown_table(show))
-    print(f"wrote {out}")
+    print_summary(f"{len(files)} photos ({src['no_resize_share']:.0%} need no resize), "
+                  f"{args.workers} workers, {args.rounds} rounds", info, show, out)
     return df
 
 

@@ -276,11 +276,11 @@ def test_crop_draws_follow_the_sample_not_the_call():
 
 
 @pytest.mark.timeout(600)
-def test_trainer_loss_does_not_depend_on_loader_workers(digits_betons, tmp_path):
+def test_trainer_loss_does_not_depend_on_loader_workers(small_digits_betons, tmp_path):
     """Two CPU runs of the trainer with one seed, 1 and 2 loader workers, deterministic
     algorithms on: identical train_loss (same samples, same crops, torch's threads not set by
     the loader); another seed gives another loss."""
-    train, val = digits_betons
+    train, val = small_digits_betons
     losses = []
     for workers, seed in ((1, 5), (2, 5), (2, 6)):
         cmd = [sys.executable, "train_imagenet.py", "--data.train_dataset", str(train),

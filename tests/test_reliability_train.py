@@ -24,41 +24,6 @@ from ffcv_utils.dataset_info import read_info
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # two training runs
 
-# Runs the real trainer with one extra op in the *training* loader's label pipeline (the first
-# one built) that raises at the given batch number, counted over the whole run.
-INJECT = r"""
-import runpy, sys
-from dataclasses import replace
-from ffcv.pipeline.operation import Operation
-import ffcv_utils.data as data
-
-fail_at = int(sys.argv[1])
-
-class FailAt(Operation):
-    def generate_code(self):
-        calls = [0]
-        def fail(inp, _dst):
-            calls[0] += 1
-            if calls[0] == fail_at:
-                raise ValueError("injected: sample could not be decoded")
-            return inp
-        return fail
-
-    def declare_state_and_memory(self, previous_state):
-        return replace(previous_state, jit_mode=False), None
-
-original, built = data._label_pipeline, []
-def label_pipeline(device):
-    ops = original(device)
-    if not built:
-        ops.insert(2, FailAt())  # after ToTensor: non-jitted, as the ops that follow it
-    built.append(1)
-    return ops
-data._label_pipeline = label_pipeline
-sys.argv = ["train_imagenet.py", *sys.argv[2:]]
-runpy.run_path("train_imagenet.py", run_name="__main__")
-"""
-
 
 def trainer_args(betons, folder, *extra):
     """rn18's published 16-epoch recipe shrunk to 2 epochs on tiny images (shrink warning)."""
@@ -91,7 +56,8 @@ def test_loader_failure_then_full_disk_each_end_with_one_line(digits_betons, tmp
     iters = read_info(train)["num_samples"] // 64
     fail_at = iters + 4  # the fourth batch of epoch 1 (counted from 0: batch 3)
     args = trainer_args(digits_betons, tmp_path)
-    failed = subprocess.run([sys.executable, "-c", INJECT, str(fail_at), *args], cwd=ROOT,
+    failed = subprocess.run([sys.executable, str(ROOT / "tests" / "injected_trainer.py"), "fail",
+                             str(fail_at), *args], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert "Traceback" not in failed.stderr

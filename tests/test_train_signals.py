@@ -1,7 +1,7 @@
 """Stopping a real trainer process: SIGINT in an epoch stops it at the next step with exit status
 130, the resume hint and the last completed epoch's checkpoint intact; a second SIGINT interrupts
 at once; ``data.loader_timeout`` reaches the loader watchdog. A training loader that goes silent
-(tests/stall_trainer.py) holds each run at a known point, so no timing is guessed. The three runs
+(tests/injected_trainer.py) holds each run at a known point, so no timing is guessed. The three runs
 start together (their start-up overlaps) and are stopped one by one."""
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def start_stalled(betons, folder, stall_at, *extra):
     folder.mkdir()
     marker = folder / "stalled"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "stall_trainer.py"), str(stall_at), str(marker),
+        [sys.executable, str(ROOT / "tests" / "injected_trainer.py"), "stall", str(stall_at),
+         str(marker),
          *args_for(betons, folder, "--logging.plot", "0", "--logging.run_id", "s", *extra)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, marker

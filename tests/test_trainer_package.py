@@ -78,7 +78,7 @@ def test_checkpoint_restores_the_whole_training_state(digits_betons, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_run_crosses_resolution_and_batch_stages(digits_betons, tmp_path, monkeypatch):
+def test_run_crosses_resolution_and_batch_stages(small_digits_betons, tmp_path, monkeypatch):
     """resolution.schedule: epoch 1 changes only the size (set_resolution on the same loader),
     epoch 2 the batch too (a rebuilt loader); every batch has its stage's shape."""
     seen = []
@@ -89,7 +89,7 @@ def test_run_crosses_resolution_and_batch_stages(digits_betons, tmp_path, monkey
         return real(model, images, labels, *a, **k)
 
     monkeypatch.setattr(steps, "train_step", spy)
-    args = args_for(digits_betons, tmp_path, "--resolution.schedule", "0,24,64;1,32,64;2,40,32",
+    args = args_for(small_digits_betons, tmp_path, "--resolution.schedule", "0,24,64;1,32,64;2,40,32",
                     "--logging.log_level", "0", "--logging.plot", "0", "--logging.run_id", "st")
     assert run.main(args) == 0
     gc.collect()
