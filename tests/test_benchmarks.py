@@ -218,7 +218,7 @@ def test_beyond_ram_stream_smoke(tmp_path, capsys):
 
     out = tmp_path / "stream.csv"
     argv = ["stream", "--images", "64", "--procs", "1", "--variants", "page", "--batch-size",
-            "8", "--res", "32", "--warmup", "0", "--window-pages", "2", "--data-dir",
+            "8", "--res", "32", "--window-pages", "2", "--data-dir",
             str(tmp_path / "data"), "--out", str(out)]
     try:
         beyond_ram.run(argv)
@@ -234,7 +234,8 @@ def test_beyond_ram_stream_smoke(tmp_path, capsys):
     assert row.outcome == "ok" and row.loader == "page" and row.procs == 1
     assert row.seen_once_share == 1.0 and row.repeats == 0 and row.missed == 0
     assert row.img_per_s > 0 and row.disk_mb_per_s > 0
-    # evicted before the epoch: it reads the data from disk, each page about once
+    # evicted before the epoch: it reads the data from disk, each page about once (the warm-up
+    # epoch on another beton keeps numba's compilation, and the files it reads, out of it)
     assert 0.5 < row.read_x_beton < 1.5, row.read_x_beton
     assert row.bound_mb > 0 and row.max_peak_rss_mb > 0
 
@@ -294,3 +295,16 @@ def test_beyond_ram_sizes_smoke(tmp_path):
         (df.data_bytes_per_img * 1_281_167 / 1e9).tolist())
     for g in (64, 128, 256):
         assert set(df[f"fits_{g}gb"]) <= {"yes", "no"}
+
+
+def test_beyond_ram_results_render():
+    """The committed beyond_ram CSVs render as their three tables (and not as loader tables,
+    although the stream CSV has a ``loader`` column)."""
+    from benchmarks import render
+
+    text = render.render(REPO / "benchmarks" / "results")
+    for head in ("**A beton bigger than memory** (`beyond_ram.csv`",
+                 "**At ImageNet's sample count** (`beyond_ram_scale.csv`",
+                 "**Bytes per image by write mode** (`write_sizes.csv`"):
+        assert text.count(head) == 1, head
+    assert "beyond_ram.csv`): " not in text.split("**A beton bigger")[0]
