@@ -202,6 +202,133 @@ def render_write(name: str, df) -> str:
     return head + "\n\n" + markdown_table(table)
 
 
+def render_beyond_ram(name: str, df) -> str:
+    """benchmarks/beyond_ram.py stream: a beton bigger than a memory cap, read by each order."""
+    import pandas as pd
+
+    def num(v, fmt="{:.2f}"):
+        return fmt.format(v) if v == v else ""
+
+    table = pd.DataFrame({
+        "processes": df.procs, "loader": df.loader, "order": df.order,
+        "cap MiB": df.cap_mb.map(lambda v: num(v, "{:,.0f}") or "none"),
+        "outcome": df.outcome, "img/s": df.img_per_s,
+        "× target": df.x_target.map(lambda v: num(v, "{:.2f}×")),
+        "read / beton": df.read_x_beton.map(lambda v: num(v, "{:.2f}×")),
+        "peak RSS MiB per process": [
+            str(r).replace(";", ", ") if isinstance(r, str) or r == r
+            else (f"(all {t:,.0f}, sampled)" if t == t else "")
+            for r, t in zip(df.peak_rss_mb, df.tree_peak_rss_mb)],
+        "RSS before epoch MiB": df.base_rss_mb,
+        "loader memory MiB (peak − before)": df.loader_mem_mb,
+        "stated bound MiB": df.bound_mb, "within bound": df.within_bound.fillna(""),
+        # cap minus the processes' peak RSS; shared library pages charged elsewhere can make
+        # RSS exceed the cap, then there is no meaningful figure
+        "page cache left MiB (≈)": df.cache_left_mb.where(df.cache_left_mb > 0),
+        "seen exactly once": df.seen_once_share.map(lambda v: num(v, "{:.1%}")),
+        "seen twice+": df.repeats.map(lambda v: num(v, "{:.0f}")),
+        "load 1m": [f"{a:.1f}-{b:.1f}" for a, b in zip(df.load_1m_before, df.load_1m_after)],
+        "every round img/s": (df.rounds_img_per_s.fillna("").astype(str).str.replace(";", ", ")
+                              if "rounds_img_per_s" in df else ""),
+    })
+    head = (f"**A beton bigger than memory** (`{name}`, `benchmarks/beyond_ram.py stream`): "
+            f"{int(_first(df, 'beton_images', 0)):,} ImageNet-like photos in a proportion "
+            f"beton of {float(_first(df, 'beton_gb', 0)):.2f} GB "
+            f"({float(_first(df, 'bytes_per_img', 0)) / 1e3:.0f} KB/img, "
+            f"{float(_first(df, 'page_mb', 0)):.0f} MiB pages), one epoch per row at "
+            f"{int(_first(df, 'res', 0))} px, batch {int(_first(df, 'batch_size', 0))} per "
+            f"process, the page-aware order's window {int(_first(df, 'window_pages', 0))} pages, "
+            f"cores / processes loader threads per process, each config's best of "
+            f"{int(_first(df, 'rounds', 1))} interleaved rounds (the slow `mmap` and `old` rows "
+            f"run once); each process first runs one epoch "
+            f"of a 96-image beton (numba compiles then). Capped rows run in a cgroup memory "
+            f"group of the cap (page cache counts against it), the beton evicted "
+            f"(`posix_fadvise` DONTNEED) before the epoch. Disk: "
+            f"{float(_first(df, 'disk_mb_per_s', 0)):.0f} MB/s sequential (the best of "
+            f"reading the evicted beton front to back "
+            f"{str(_first(df, 'disk_passes_mb_per_s', '?')).count(';') + 1} times: "
+            f"{str(_first(df, 'disk_passes_mb_per_s', '?')).replace(';', ', ')} MB/s; the disk "
+            f"is shared), which allows {float(_first(df, 'disk_img_per_s', 0)):,.0f} img/s; "
+            f"target = the smaller of that and the same process count's fits-in-memory row. "
+            f"`read / beton`: `read_bytes` of `/proc/PID/io` of the loader processes over the "
+            f"epoch, summed, over the file's size. Measured on {machine_line(df)}.")
+    return head + "\n\n" + markdown_table(table)
+
+
+def render_scale(name: str, df) -> str:
+    """benchmarks/beyond_ram.py scale: ImageNet's sample count with tiny samples."""
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "split": df.split, "samples": df.samples.map(lambda v: f"{int(v):,}"),
+        "check s": df.check_s, "ffcv open s": df.open_s, "page layout s": df.layout_s,
+        "random order s (1 / 8 ranks)": [f"{a:.3f} / {b:.3f}" if a == a else "" for a, b in
+                                         zip(df.order_random_w1_s, df.order_random_w8_s)],
+        "page-aware order s (1 / 8 ranks)": [f"{a:.3f} / {b:.3f}" if a == a else "" for a, b in
+                                             zip(df.order_page_w1_s, df.order_page_w8_s)],
+        "order MiB (random / page-aware, 1 rank)": [
+            f"{a:.1f} / {b:.1f}" if a == a else "" for a, b in
+            zip(df.order_random_w1_mb, df.order_page_w1_mb)],
+        "start-up to 1st batch s (random / page-aware)": [
+            f"{a:.2f} / {b:.2f}" if a == a else "" for a, b in
+            zip(df.startup_random_s, df.startup_page_s)],
+    })
+    train = df[df.split == "train"]
+    ratios = pd.DataFrame({
+        "samples": train.samples.map(lambda v: f"{int(v):,}"),
+        "check": train.check_s_x_per_doubling, "ffcv open": train.open_s_x_per_doubling,
+        "page layout": train.layout_s_x_per_doubling,
+        "random order, 1 rank": train.order_random_w1_s_x_per_doubling,
+        "random order, 8 ranks": train.order_random_w8_s_x_per_doubling,
+        "page-aware order, 1 rank": train.order_page_w1_s_x_per_doubling,
+        "page-aware order, 8 ranks": train.order_page_w8_s_x_per_doubling,
+        "order MiB, page-aware": train.order_page_w1_mb_x_per_doubling,
+        "start-up, random": train.startup_random_s_x_per_doubling,
+        "start-up, page-aware": train.startup_page_s_x_per_doubling,
+    }).iloc[1:]
+    loads = df[["load_1m_before", "load_1m_after"]].to_numpy().ravel()
+    head = (f"**At ImageNet's sample count** (`{name}`, `benchmarks/beyond_ram.py scale`): "
+            f"betons of tiny raw samples (8x8 px, 1,000 classes) at fractions of 1,281,167, and "
+            f"a 50,000-sample val; best of {int(_first(df, 'repeat', 1))} in one process. The "
+            f"orders are rank 0's share of one epoch (batch {int(_first(df, 'batch_size', 0))}); "
+            f"the page-aware one on an ImageNet-like layout of 32 samples per 8 MiB page (what a "
+            f"340 GB beton has; the tiny betons themselves fill few pages), its MiB counting the "
+            f"layout's per-sample page array. Start-up: a fresh process's `train_loader` "
+            f"(check, layout, order, ffcv's Loader) to its first batch, imports excluded. "
+            f"Measured on {machine_line(df)}; 1-minute load average "
+            f"{loads.min():.1f}-{loads.max():.1f}.")
+    return (head + "\n\n" + markdown_table(table) + "\n\nEach figure over the one at half the "
+            "samples (2.00 is linear):\n\n" + markdown_table(ratios))
+
+
+def render_sizes(name: str, df) -> str:
+    """benchmarks/beyond_ram.py sizes: bytes per image of each write mode, ImageNet in RAM."""
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "write mode": df.write_mode, "max resolution": df.max_resolution,
+        "KB/img": df.data_bytes_per_img / 1e3,
+        "stored as JPEG": df.stored_jpeg_share.map(lambda v: f"{v:.0%}"),
+        "resized": df.resized_share.map(lambda v: f"{v:.0%}"),
+        "full ImageNet GB": df.imagenet_gb,
+        **{f"fits {g} GB RAM": df[f"fits_{g}gb"] for g in (64, 128, 256)},
+    })
+    head = (f"**Bytes per image by write mode** (`{name}`, `benchmarks/beyond_ram.py sizes`): "
+            f"{int(_first(df, 'images', 0))} ImageNet-like photos "
+            f"({float(_first(df, 'source_bytes_per_img', 0)) / 1e3:.0f} KB JPEGs of about "
+            f"500x375), the toolkit's writer (JPEG passthrough) with jpeg_quality "
+            f"{int(_first(df, 'jpeg_quality', 0))} and compress_probability "
+            f"{float(_first(df, 'compress_probability', 0))}; KB/img is the data region "
+            f"(ffcv's allocation table), `full ImageNet GB` that times 1,281,167, `fits` "
+            f"whether that is at most {float(_first(df, 'fit_fraction', 0.8)):.0%} of the RAM "
+            f"(the toolkit's memory check). These photos are cut from two smooth sample "
+            f"pictures: ImageNet's own train JPEGs average about 110 KB (a 138 GB archive) and "
+            f"many exceed 500 px, so the JPEG sizes here are well below ImageNet's (all-JPEG "
+            f"at 500 px is of the order of 100 GB there) and raw and proportion are lower "
+            f"bounds. Measured on {machine_line(df)}.")
+    return head + "\n\n" + markdown_table(table)
+
+
 def render(results: Path) -> str:
     import pandas as pd
 
@@ -209,7 +336,8 @@ def render(results: Path) -> str:
               "`benchmarks/results/*.csv`; rerun the scripts in `benchmarks/` to refresh. "
               "Ratios compare loaders measured in the same run on the same machine."]
     csvs = sorted(results.glob("*.csv"))
-    loader = [p for p in csvs if "loader" in pd.read_csv(p, nrows=0).columns]
+    loader = [p for p in csvs if "loader" in pd.read_csv(p, nrows=0).columns
+              and "read_x_beton" not in pd.read_csv(p, nrows=0).columns]
     train = [p for p in csvs if "arch" in pd.read_csv(p, nrows=0).columns]
     for p in loader:
         blocks.append(render_loader(p.name, pd.read_csv(p)))
@@ -226,6 +354,12 @@ def render(results: Path) -> str:
             blocks.append(render_accuracy(p.name, pd.read_csv(p)))
         if "stored_as_source_share" in cols:
             blocks.append(render_write(p.name, pd.read_csv(p)))
+        if "read_x_beton" in cols:
+            blocks.append(render_beyond_ram(p.name, pd.read_csv(p)))
+        if "order_page_w1_s" in cols:
+            blocks.append(render_scale(p.name, pd.read_csv(p)))
+        if "imagenet_gb" in cols:
+            blocks.append(render_sizes(p.name, pd.read_csv(p)))
     notes = results / "NOTES.md"
     if notes.exists():
         blocks.append(notes.read_text().strip())

@@ -28,6 +28,21 @@ class BetonError(UserError):
 _sound: dict[tuple[str, int, int], int] = {}
 
 
+def all_in(values: np.ndarray, known: np.ndarray) -> bool:
+    """Whether every one of ``values`` is in ``known``: one sort and a binary search per value.
+
+    ``np.isin`` took seconds on ImageNet's 1.28M pointers (its table path does not apply to
+    uint64 pointers spread over the file); this is O((n + m) log m)."""
+    values, known = np.asarray(values), np.sort(np.asarray(known), kind="stable")
+    if values.size == 0:
+        return True
+    if known.size == 0:
+        return False
+    at = np.searchsorted(known, values)
+    at[at == known.size] = known.size - 1  # past the end: compared with the last, never equal
+    return bool((known[at] == values).all())
+
+
 def check(path: str | Path, key: str | None = None) -> int:
     """The number of samples in ``path``, or BetonError (prefixed with ``key``, e.g. the
     config key that named the file)."""
@@ -98,7 +113,7 @@ def _check(path: str | Path, key: str | None) -> int:
     for name in meta_type.names:
         sub = meta[name]
         if sub.dtype.names and "data_ptr" in sub.dtype.names:
-            if not np.isin(sub["data_ptr"], alloc["ptr"]).all():
+            if not all_in(sub["data_ptr"], alloc["ptr"]):
                 raise bad("some samples point at data the allocation table lacks: truncated "
                           "or corrupt")
     if len(alloc) and int((alloc["ptr"] + alloc["size"]).max()) > table:

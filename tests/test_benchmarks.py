@@ -199,3 +199,112 @@ def test_write_as_source_check_names_a_mismatch():
     assert "9 samples stored, 10 photos" in as_source_check("toolkit-jpg-reencode",
                                                             {"stored": 9, "stored_as_source": 0},
                                                             0, 8, 10)
+
+
+# ---------------------------------------------------------------- beyond_ram.py (issue 17)
+
+BEYOND_RAM_STREAM = ["procs", "loader", "outcome", "img_per_s", "read_x_beton", "read_gb",
+                     "beton_gb", "max_peak_rss_mb", "loader_mem_mb", "bound_mb", "within_bound",
+                     "seen_once_share", "repeats", "missed", "disk_mb_per_s", "disk_img_per_s",
+                     "x_target", "load_1m_before", "load_1m_after", *MACHINE_COLUMNS]
+
+
+@pytest.mark.slow  # starts a loader process (numba compiles its pipeline there)
+@pytest.mark.timeout(120)
+def test_beyond_ram_stream_smoke(tmp_path, capsys):
+    """A 64-photo beton read in a capped cgroup by the page-aware order: every sample once, the
+    bytes read from disk counted; where no memory cgroup can be made, one refusal line."""
+    from benchmarks import beyond_ram
+
+    out = tmp_path / "stream.csv"
+    argv = ["stream", "--images", "64", "--procs", "1", "--variants", "page", "--batch-size",
+            "8", "--res", "32", "--window-pages", "2", "--data-dir",
+            str(tmp_path / "data"), "--out", str(out)]
+    try:
+        beyond_ram.run(argv)
+    except SystemExit as e:
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.code == 2 and len(err) == 1, err
+        assert err[0].startswith("beyond_ram.py stream: error: ") and "cgroup" in err[0]
+        pytest.skip(err[0])
+    df = pd.read_csv(out)
+    for col in BEYOND_RAM_STREAM:
+        assert col in df.columns, col
+    row = df.iloc[0]
+    assert row.outcome == "ok" and row.loader == "page" and row.procs == 1
+    assert row.seen_once_share == 1.0 and row.repeats == 0 and row.missed == 0
+    assert row.img_per_s > 0 and row.disk_mb_per_s > 0
+    # evicted before the epoch: it reads the data from disk, each page about once (the warm-up
+    # epoch on another beton keeps numba's compilation, and the files it reads, out of it)
+    assert 0.5 < row.read_x_beton < 1.5, row.read_x_beton
+    assert row.bound_mb > 0 and row.max_peak_rss_mb > 0
+
+
+def test_beyond_ram_refuses_without_a_memory_cgroup(monkeypatch, capsys, tmp_path):
+    from benchmarks import beyond_ram
+
+    def no_cgroup(*_, **__):
+        raise OSError("no cgroup memory controller is mounted")
+
+    monkeypatch.setattr(beyond_ram, "MemoryCap", no_cgroup)
+    with pytest.raises(SystemExit) as e:
+        beyond_ram.run(["stream", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "beyond_ram.py stream: error: no cgroup memory controller is mounted"]
+    assert not list(tmp_path.iterdir())  # refused before writing anything
+
+
+@pytest.mark.slow  # starts loader processes for the first batch
+@pytest.mark.timeout(120)
+def test_beyond_ram_scale_smoke(tmp_path):
+    from benchmarks import beyond_ram
+
+    out = tmp_path / "scale.csv"
+    beyond_ram.run(["scale", "--samples", "4000", "--fractions", "0.5,1", "--val-samples",
+                    "500", "--classes", "10", "--ranks", "1,8", "--batch-size", "16",
+                    "--repeat", "1", "--data-dir", str(tmp_path / "data"), "--out", str(out)])
+    df = pd.read_csv(out)
+    assert list(df.split) == ["train", "train", "val"]
+    assert list(df.samples) == [2000, 4000, 500]
+    train = df[df.split == "train"]
+    for col in beyond_ram.SCALE_METRICS:
+        assert (train[col] > 0).all(), col
+        assert f"{col}_x_per_doubling" in df.columns
+    assert train.samples_x.iloc[1] == 2
+    assert (df.check_s > 0).all() and set(MACHINE_COLUMNS) <= set(df.columns)
+    # the order's arrays: rank 0's uint64 indices (+ the page layout's int64 per sample)
+    assert train.order_random_w1_mb.iloc[1] == pytest.approx(4000 // 16 * 16 * 8 / 2**20)
+
+
+@pytest.mark.timeout(120)
+def test_beyond_ram_sizes_smoke(tmp_path):
+    from benchmarks import beyond_ram
+
+    out = tmp_path / "sizes.csv"
+    beyond_ram.run(["sizes", "--images", "12", "--modes", "jpg,raw", "--resolutions", "500,400",
+                    "--data-dir", str(tmp_path / "data"), "--out", str(out)])
+    df = pd.read_csv(out)
+    assert list(zip(df.write_mode, df.max_resolution)) == [
+        ("jpg", 500), ("raw", 500), ("jpg", 400), ("raw", 400)]
+    assert (df.images == 12).all() and (df.data_bytes_per_img > 0).all()
+    assert list(df.stored_jpeg_share) == [1.0, 0.0, 1.0, 0.0]
+    raw = df[df.write_mode == "raw"].set_index("max_resolution").data_bytes_per_img
+    assert raw[400] < raw[500]  # fewer pixels
+    assert df.imagenet_gb.tolist() == pytest.approx(
+        (df.data_bytes_per_img * 1_281_167 / 1e9).tolist())
+    for g in (64, 128, 256):
+        assert set(df[f"fits_{g}gb"]) <= {"yes", "no"}
+
+
+def test_beyond_ram_results_render():
+    """The committed beyond_ram CSVs render as their three tables (and not as loader tables,
+    although the stream CSV has a ``loader`` column)."""
+    from benchmarks import render
+
+    text = render.render(REPO / "benchmarks" / "results")
+    for head in ("**A beton bigger than memory** (`beyond_ram.csv`",
+                 "**At ImageNet's sample count** (`beyond_ram_scale.csv`",
+                 "**Bytes per image by write mode** (`write_sizes.csv`"):
+        assert text.count(head) == 1, head
+    assert "beyond_ram.csv`): " not in text.split("**A beton bigger")[0]
