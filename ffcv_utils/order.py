@@ -11,8 +11,9 @@ Two orders, both a pure function of (seed, epoch) and the world size:
   samples; rank r takes the r-th ``batch_size`` of them. Every rank yields the same number of
   batches, and fewer than ``batch_size x W`` samples are dropped at the end.
 * **page-aware** (``in_memory 0``): pages are shuffled and dealt whole to the ranks (each page
-  to the rank with the fewest samples so far), each rank shuffles its samples within windows of
-  ``window_pages`` consecutive pages of its share, and all ranks are cut to the same multiple of
+  to the rank with the fewest samples so far), each rank shuffles its samples within a sliding
+  window of ``window_pages`` consecutive pages of its share (its k-th page's samples are spread
+  over positions k to k + window_pages), and all ranks are cut to the same multiple of
   ``batch_size``. A page is read by one rank, once per epoch; a process holds at most
   ``peak_pages(...)`` pages at a time (ffcv's process cache loads pages 3 batches ahead).
 
@@ -162,8 +163,11 @@ def page_streams(layout: PageLayout, samples: np.ndarray, world_size: int, batch
         mine = np.flatnonzero(owner == r)
         local[mine] = np.arange(len(mine))
     page_of = np.repeat(np.arange(len(counts)), counts)
-    sort = np.lexsort((rng_windows.random(len(samples)), local[page_of] // window_pages,
-                       owner[page_of]))
+    # a sliding window: the samples of a rank's k-th page get keys spread over [k, k + window);
+    # pages then enter (and leave) one by one, not a whole window's worth at one batch, so
+    # ffcv's few batches of prefetch keep the reads flowing beside the decoding
+    key = local[page_of] + rng_windows.random(len(samples)) * window_pages
+    sort = np.lexsort((key, owner[page_of]))
     ordered, sample_owner = samples[sort], owner[page_of][sort]
     streams = [ordered[sample_owner == r] for r in range(world_size)]
     keep = min(len(s) for s in streams) // batch_size * batch_size
@@ -199,12 +203,14 @@ def peak_pages(window_pages: int, batch_size: int, min_window_samples: int,
                prefetch: int = FFCV_PREFETCH_BATCHES) -> int:
     """Most pages the page-aware order makes ffcv's process cache hold at once.
 
-    ffcv keeps a page from ``prefetch`` batches before its first use to its last use, so the
-    pages held at batch b are those of the windows met by batches b..b+prefetch: at most two
-    partly covered windows, the whole ones inside those (prefetch+1) x batch_size samples, and
-    a rank's last window, which may be short. ``min_window_samples``: PageLayout's bound."""
+    ffcv keeps a page from ``prefetch`` batches before its first use to its last use. The
+    samples of a rank's k-th page have keys in [k, k + window_pages); if batches b..b+prefetch
+    cover keys [k0, k1], the pages held at b are those with k in (k0 - window_pages, k1]. The
+    pages wholly inside (k0, k1) are consecutive, all their samples lie in those
+    (prefetch+1) x batch_size samples, and any ``window_pages`` of them hold at least
+    ``min_window_samples`` (PageLayout's bound), which caps k1 - k0 and gives this count."""
     whole = (prefetch + 1) * batch_size // max(1, min_window_samples)
-    return window_pages * (3 + whole)
+    return window_pages * (3 + whole) + 3
 
 
 def peak_bytes(page_size: int, window_pages: int, batch_size: int, min_window_samples: int,
