@@ -255,6 +255,26 @@ def render_beyond_ram(name: str, df) -> str:
     return head + "\n\n" + markdown_table(table)
 
 
+def render_window(name: str, df) -> str:
+    """Fixed against sliding windows of the page-aware order: beyond_ram.py stream rows of two
+    checkouts, run alternately, tagged with ``window`` and ``interleaved_run``."""
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "order": df.window, "run": df.interleaved_run, "processes": df.procs,
+        "loader": df.loader, "img/s": df.img_per_s,
+        "× fits-in-memory": df.x_target.map(lambda v: f"{v:.2f}×"),
+        "read / beton": df.read_x_beton.map(lambda v: f"{v:.2f}×"),
+        "loader memory MiB": df.loader_mem_mb, "stated bound MiB": df.bound_mb,
+        "load 1m": df.load_1m_before})
+    head = (f"**Fixed or sliding page windows** (`{name}`, `benchmarks/beyond_ram.py stream "
+            f"--variants fits,page_warm,page --rounds 2`, the two checkouts run alternately, "
+            f"twice): the same beton, cap and window "
+            f"({int(_first(df, 'window_pages', 0))} pages) as above. Measured on "
+            f"{machine_line(df)}.")
+    return head + "\n\n" + markdown_table(table)
+
+
 def render_scale(name: str, df) -> str:
     """benchmarks/beyond_ram.py scale: ImageNet's sample count with tiny samples."""
     import pandas as pd
@@ -355,7 +375,8 @@ def render(results: Path) -> str:
         if "stored_as_source_share" in cols:
             blocks.append(render_write(p.name, pd.read_csv(p)))
         if "read_x_beton" in cols:
-            blocks.append(render_beyond_ram(p.name, pd.read_csv(p)))
+            render = render_window if "window" in cols else render_beyond_ram
+            blocks.append(render(p.name, pd.read_csv(p)))
         if "order_page_w1_s" in cols:
             blocks.append(render_scale(p.name, pd.read_csv(p)))
         if "imagenet_gb" in cols:

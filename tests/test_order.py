@@ -84,6 +84,22 @@ def test_random_order_is_one_global_sequence(world):
     assert not (O.random_sequence(N, 6, 2) == seq).all()
 
 
+def test_page_order_memory_bound_holds_for_any_layout():
+    """``peak_pages`` bounds ffcv's slots for random layouts, windows, batch sizes and ranks."""
+    from ffcv.memory_managers.process_cache.schedule import compute_schedule
+
+    rng = np.random.default_rng(0)
+    for trial in range(80):
+        counts = rng.integers(1, 20, rng.integers(5, 60))
+        layout = O.PageLayout(np.repeat(np.arange(len(counts)), counts), 1 << 20)
+        window, b, world = (int(rng.choice(v)) for v in ([1, 2, 4, 8], [1, 4, 16], [1, 2, 3]))
+        bound = O.peak_pages(window, b, layout.min_window_samples(window))
+        for r in range(world):
+            s = O.page_order(layout, trial, 1, b, world, r, window_pages=window)
+            batches = [set(layout.sample_page[x]) for x in s.reshape(-1, b)]
+            assert compute_schedule(batches).num_slots <= bound, (trial, window, b, world, r)
+
+
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_page_order_deals_whole_pages_within_the_memory_bound(layout, world):
     """Each page goes to one rank and is held once by ffcv's process cache, whose slots stay
