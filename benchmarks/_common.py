@@ -55,7 +55,9 @@ def machine_info(device: str | None = None) -> dict:
 
 
 class PeakRSS:
-    """Samples the resident memory of a process tree (the process and all its children)."""
+    """Samples the resident memory of a process tree (the process and all its children) in a
+    thread: ``peak_bytes``, the largest sum seen. ``visit(process)``, called for each process at
+    each sample, lets a subclass record more."""
 
     def __init__(self, pid: int, interval: float = 0.1):
         import psutil
@@ -65,6 +67,9 @@ class PeakRSS:
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def visit(self, process) -> None:
+        pass
 
     def _sample(self) -> None:
         import psutil
@@ -77,7 +82,8 @@ class PeakRSS:
         for p in procs:
             try:
                 total += p.memory_info().rss
-            except psutil.Error:
+                self.visit(p)
+            except (psutil.Error, OSError, ValueError):
                 pass
         self.peak_bytes = max(self.peak_bytes, total)
 
@@ -93,6 +99,18 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+def finish_table(df, columns: list[str], info: dict):
+    """``df`` with exactly ``columns`` (missing ones NaN) in that order, then the machine's
+    ``info`` as constant columns."""
+    for col in columns:
+        if col not in df.columns:
+            df[col] = float("nan")
+    df = df[columns]
+    for k, v in info.items():
+        df[k] = v
+    return df
 
 
 def run_child(argv: list[str], timeout: float | None = None, env: dict | None = None):

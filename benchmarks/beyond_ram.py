@@ -55,7 +55,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, machine_info, markdown_table, now  # noqa: E402
+from benchmarks._common import (REPO, PeakRSS, finish_table, machine_info,  # noqa: E402
+                               markdown_table, now)
 
 IMAGENET_TRAIN, IMAGENET_VAL, IMAGENET_CLASSES = 1_281_167, 50_000, 1_000
 RAM_SIZES_GB = (64, 128, 256)
@@ -340,43 +341,16 @@ class MemoryCap:
                 time.sleep(0.1)
 
 
-class TreeSampler:
-    """Samples a process tree: summed RSS (peak) and each process's read_bytes (last seen), so
-    a run killed before reporting still has figures."""
+class TreeSampler(PeakRSS):
+    """Samples a process tree: summed RSS (``peak_bytes``) and each process's read_bytes (last
+    seen), so a run killed before reporting still has figures."""
 
     def __init__(self, pid: int, interval: float = 0.2):
-        import psutil
+        super().__init__(pid, interval)
+        self.read = {}
 
-        self.root = psutil.Process(pid)
-        self.interval, self.peak_rss, self.read = interval, 0, {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import psutil
-
-        while not self._stop.is_set():
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.Error:
-                procs = []
-            rss = 0
-            for p in procs:
-                try:
-                    rss += p.memory_info().rss
-                    self.read[p.pid] = _read_bytes(p.pid)
-                except (psutil.Error, OSError, ValueError):
-                    pass
-            self.peak_rss = max(self.peak_rss, rss)
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def visit(self, process) -> None:
+        self.read[process.pid] = _read_bytes(process.pid)
 
 
 def run_stream_config(variant: str, procs: int, beton: Path, args) -> dict:
@@ -420,7 +394,7 @@ def run_stream_config(variant: str, procs: int, beton: Path, args) -> dict:
         timed_out = not timer.is_alive() and proc.returncode != 0
         timer.cancel()
     row.update(wall_s=now() - t0, load_1m_after=load_1m(), rc=proc.returncode,
-               tree_peak_rss_mb=sampler.peak_rss / 2**20,
+               tree_peak_rss_mb=sampler.peak_bytes / 2**20,
                tree_read_gb=sum(sampler.read.values()) / 1e9)
     if cap is not None:
         st = cap.stats()
@@ -557,12 +531,7 @@ def stream_main(args) -> None:
                           for m, b in zip(df.loader_mem_mb, df.bound_mb)]
     df["batch_size"], df["res"], df["window_pages"] = args.batch_size, args.res, args.window_pages
     df["workers"] = [args.workers or max(1, (os.cpu_count() or 1) // p) for p in df.procs]
-    for col in STREAM_COLUMNS:
-        if col not in df.columns:
-            df[col] = float("nan")
-    df = df[STREAM_COLUMNS]
-    for k, v in info.items():
-        df[k] = v
+    df = finish_table(df, STREAM_COLUMNS, info)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)

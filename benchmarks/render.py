@@ -27,6 +27,16 @@ def _first(df, col, default="?"):
     return default
 
 
+def num(v, fmt: str = "{:.2f}") -> str:
+    """``v`` formatted, or blank for NaN (a row that has no such figure)."""
+    return fmt.format(v) if v == v else ""
+
+
+def times(v) -> str:
+    """A ratio as "1.23×", blank for NaN."""
+    return num(v, "{:.2f}×")
+
+
 def machine_line(df) -> str:
     gpu = _first(df, "gpu", "none")
     gpu_part = f", GPU: {gpu}" if gpu != "none" else ", no GPU"
@@ -170,16 +180,13 @@ def render_write(name: str, df) -> str:
     and ffcv's DatasetWriter called as ffcv-imagenet calls it."""
     import pandas as pd
 
-    def ratio(v):
-        return f"{v:.2f}×" if v == v else ""
-
     table = pd.DataFrame({
         "writer": df.writer, "mode": df.write_mode, "passthrough": df.passthrough,
-        "img/s (whole write)": df.img_per_s, "× re-encode": df.ratio_vs_reencode.map(ratio),
-        "× ffcv-imagenet": df.ratio_vs_ffcv_imagenet.map(ratio),
+        "img/s (whole write)": df.img_per_s, "× re-encode": df.ratio_vs_reencode.map(times),
+        "× ffcv-imagenet": df.ratio_vs_ffcv_imagenet.map(times),
         "start-up s": df.startup_s, "img/s (after start-up)": df.data_img_per_s,
-        "× re-encode, after start-up": df.data_ratio_vs_reencode.map(ratio),
-        "× ffcv-imagenet, after start-up": df.data_ratio_vs_ffcv_imagenet.map(ratio),
+        "× re-encode, after start-up": df.data_ratio_vs_reencode.map(times),
+        "× ffcv-imagenet, after start-up": df.data_ratio_vs_ffcv_imagenet.map(times),
         "CPU ms/img": df.cpu_ms_per_img, "CPU ms/img after start-up": df.data_cpu_ms_per_img,
         "KB/img stored": df.data_bytes_per_img / 1e3,
         "stored as source": df.stored_as_source_share.map(lambda v: f"{v:.0%}"),
@@ -206,15 +213,12 @@ def render_beyond_ram(name: str, df) -> str:
     """benchmarks/beyond_ram.py stream: a beton bigger than a memory cap, read by each order."""
     import pandas as pd
 
-    def num(v, fmt="{:.2f}"):
-        return fmt.format(v) if v == v else ""
-
     table = pd.DataFrame({
         "processes": df.procs, "loader": df.loader, "order": df.order,
         "cap MiB": df.cap_mb.map(lambda v: num(v, "{:,.0f}") or "none"),
         "outcome": df.outcome, "img/s": df.img_per_s,
-        "× target": df.x_target.map(lambda v: num(v, "{:.2f}×")),
-        "read / beton": df.read_x_beton.map(lambda v: num(v, "{:.2f}×")),
+        "× target": df.x_target.map(times),
+        "read / beton": df.read_x_beton.map(times),
         "peak RSS MiB per process": [
             str(r).replace(";", ", ") if isinstance(r, str) or r == r
             else (f"(all {t:,.0f}, sampled)" if t == t else "")
@@ -263,8 +267,8 @@ def render_window(name: str, df) -> str:
     table = pd.DataFrame({
         "order": df.window, "run": df.interleaved_run, "processes": df.procs,
         "loader": df.loader, "img/s": df.img_per_s,
-        "× fits-in-memory": df.x_target.map(lambda v: f"{v:.2f}×"),
-        "read / beton": df.read_x_beton.map(lambda v: f"{v:.2f}×"),
+        "× fits-in-memory": df.x_target.map(times),
+        "read / beton": df.read_x_beton.map(times),
         "loader memory MiB": df.loader_mem_mb, "stated bound MiB": df.bound_mb,
         "load 1m": df.load_1m_before})
     head = (f"**Fixed or sliding page windows** (`{name}`, `benchmarks/beyond_ram.py stream "

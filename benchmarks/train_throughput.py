@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine_info, markdown_table, now  # noqa: E402
+from benchmarks._common import finish_table, machine_info, markdown_table, now  # noqa: E402
 
 COLUMNS = ["arch", "mode", "variant", "res", "batch_size", "steps", "img_per_s",
            "model_only_img_per_s", "loader_img_per_s", "e2e_vs_model", "loader_bound",
@@ -355,12 +355,7 @@ def run(argv: list[str] | None = None):
                     workers=workers, note=note)
 
     df = pd.DataFrame(rows)
-    for col in COLUMNS:
-        if col not in df.columns:
-            df[col] = float("nan")
-    df = df[COLUMNS]
-    for k, val in info.items():
-        df[k] = val
+    df = finish_table(df, COLUMNS, info)
     df.to_csv(out, index=False)
     print()
     print(f"{info['device']} / {info['gpu']} / {info['cpu_model']} ({info['cpu_cores']} cores), "
