@@ -259,23 +259,31 @@ def render_beyond_ram(name: str, df) -> str:
     return head + "\n\n" + markdown_table(table)
 
 
-def render_window(name: str, df) -> str:
-    """Fixed against sliding windows of the page-aware order: beyond_ram.py stream rows of two
-    checkouts, run alternately, tagged with ``window`` and ``interleaved_run``."""
+# Side-by-side runs of beyond_ram.py stream from two checkouts, run alternately: the column that
+# names the checkout's version, and what the comparison is about.
+COMPARISONS = {
+    "window": "**Fixed or sliding page windows**",
+    "reads": "**Buffered or O_DIRECT page reads**",
+}
+
+
+def render_comparison(name: str, df, tag: str) -> str:
+    """beyond_ram.py stream rows of two checkouts run alternately, tagged with ``tag`` (the
+    version) and ``interleaved_run``."""
     import pandas as pd
 
     table = pd.DataFrame({
-        "order": df.window, "run": df.interleaved_run, "processes": df.procs,
+        tag: df[tag], "run": df.interleaved_run, "processes": df.procs,
         "loader": df.loader, "img/s": df.img_per_s,
         "× fits-in-memory": df.x_target.map(times),
         "read / beton": df.read_x_beton.map(times),
         "loader memory MiB": df.loader_mem_mb, "stated bound MiB": df.bound_mb,
         "load 1m": df.load_1m_before})
-    head = (f"**Fixed or sliding page windows** (`{name}`, `benchmarks/beyond_ram.py stream "
+    head = (f"{COMPARISONS[tag]} (`{name}`, `benchmarks/beyond_ram.py stream "
             f"--variants fits,page_warm,page --rounds 2`, the two checkouts run alternately, "
-            f"twice): the same beton, cap and window "
-            f"({int(_first(df, 'window_pages', 0))} pages) as above. Measured on "
-            f"{machine_line(df)}.")
+            f"twice): the same beton and cap as above, window "
+            f"{int(_first(df, 'window_pages', 0))} pages; each row against the fits-in-memory "
+            f"row of its own run. Measured on {machine_line(df)}.")
     return head + "\n\n" + markdown_table(table)
 
 
@@ -379,8 +387,9 @@ def render(results: Path) -> str:
         if "stored_as_source_share" in cols:
             blocks.append(render_write(p.name, pd.read_csv(p)))
         if "read_x_beton" in cols:
-            render = render_window if "window" in cols else render_beyond_ram
-            blocks.append(render(p.name, pd.read_csv(p)))
+            tags = [t for t in COMPARISONS if t in cols]
+            blocks.append(render_comparison(p.name, pd.read_csv(p), tags[0]) if tags
+                          else render_beyond_ram(p.name, pd.read_csv(p)))
         if "order_page_w1_s" in cols:
             blocks.append(render_scale(p.name, pd.read_csv(p)))
         if "imagenet_gb" in cols:

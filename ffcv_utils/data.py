@@ -170,6 +170,8 @@ def _ordered_loader_class():
     wants an instance, then calls it), and its ``len`` is the first epoch's, not this one's."""
     from ffcv.loader import Loader, OrderOption
 
+    from .direct_pages import read_pages_directly
+
     _loader_threads_only()
 
     class OrderedLoader(Loader):
@@ -178,6 +180,8 @@ def _ordered_loader_class():
             super().__init__(str(path), order=OrderOption.SEQUENTIAL, drop_last=True,
                              seed=order.seed, **kwargs)
             self.traversal_order = order
+            if not kwargs.get("os_cache", True):
+                read_pages_directly(self)
 
         def __len__(self):
             return self.traversal_order.num_batches(self.next_epoch)

@@ -277,6 +277,38 @@ def test_crops_are_seeded_per_sample(ids_beton, decoder):
     assert (_images_by_label(other, 0) != a0).any(axis=(1, 2, 3)).mean() > 0.9
 
 
+def test_page_aware_loader_reads_pages_directly_with_the_same_images(ids_beton, monkeypatch):
+    """in_memory 0 reads its pages with O_DIRECT (no page-cache copy) and yields exactly what
+    ffcv's buffered page reads give; where O_DIRECT is refused (tmpfs) it reads buffered."""
+    from ffcv.memory_managers import ProcessCacheManager
+
+    from ffcv_utils import direct_pages
+    from ffcv_utils.data import train_loader
+
+    real_open, opened = direct_pages._open_direct, []
+    if real_open(str(ids_beton)) is None:
+        pytest.skip("this file system refuses O_DIRECT")
+    monkeypatch.setattr(direct_pages, "_open_direct",
+                        lambda path: opened.append(real_open(path)) or opened[-1])
+    data = train_loader(str(ids_beton), batch_size=50, num_workers=1, res=24, seed=1,
+                        in_memory=False)
+    manager = data.loader.memory_manager
+
+    def epoch(cls):
+        manager.__class__ = cls
+        data.set_epoch(0)
+        return [(x.numpy().copy(), y.numpy().copy()) for x, y in data.loader]
+
+    direct = epoch(direct_pages.DirectProcessCacheManager)
+    assert opened and None not in opened  # every page reader opened the beton with O_DIRECT
+    buffered = epoch(ProcessCacheManager)
+    monkeypatch.setattr(direct_pages, "_open_direct", lambda path: None)
+    fallback = epoch(direct_pages.DirectProcessCacheManager)
+    assert len(direct) == len(buffered) == len(fallback) > 1
+    for (x, y), (bx, by), (fx, fy) in zip(direct, buffered, fallback):
+        assert (y == by).all() and (y == fy).all() and (x == bx).all() and (x == fx).all()
+
+
 def test_crop_draws_follow_the_sample_not_the_call():
     """The draws are a function of (seed, epoch, index): repeatable, varied, unbiased flips."""
     from ffcv_utils.draws import SampleRandom
