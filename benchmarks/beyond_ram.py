@@ -15,7 +15,8 @@ Three modes, each writing one CSV in ``benchmarks/results/``:
   - ``page``: the toolkit's ``train_loader(in_memory=False)``, the page-aware order;
   - ``fits``: ``train_loader(in_memory=True)`` with no cap and the beton in the page cache;
   - ``page_warm``: the page-aware loader with no cap and the beton in the page cache (what the
-    page-aware path costs without the disk).
+    page-aware path costs without a memory limit; since its pages are read with O_DIRECT, it
+    still reads them from disk).
 
   Per row: img/s, bytes read from disk during the epoch over the beton's bytes (``read_bytes``
   of ``/proc/self/io`` of every loader process, summed), peak RSS per process (``VmHWM``), the
@@ -460,7 +461,7 @@ ORDERS = {"fits": "random (toolkit), beton in page cache, no cap",
           "mmap": "random (toolkit), in_memory 1: memory map",
           "old": "ffcv's own, os_cache=False: QUASI_RANDOM (1 proc) / RANDOM distributed",
           "page": "page-aware (toolkit), in_memory 0",
-          "page_warm": "page-aware (toolkit), in_memory 0, beton in page cache, no cap"}
+          "page_warm": "page-aware (toolkit), in_memory 0, no cap (its O_DIRECT reads skip the cache)"}
 WARM = ("fits", "page_warm")  # no cap, the beton read into the page cache first
 
 
