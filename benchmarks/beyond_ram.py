@@ -186,17 +186,20 @@ def _record_page_slots() -> None:
     record it, to set beside the order's stated bound."""
     from ffcv.memory_managers.process_cache.context import ProcessCacheContext
 
-    enter = ProcessCacheContext.__enter__
-    if getattr(enter, "_recorded", False):
-        return
+    from ffcv_utils.direct_pages import DirectContext
 
-    def recording(self):
-        out = enter(self)
-        _PAGE_SLOTS.append(int(self.schedule.num_slots))
-        return out
+    for cls in (ProcessCacheContext, DirectContext):  # ffcv's own, and the O_DIRECT one
+        enter = cls.__dict__["__enter__"]
+        if getattr(enter, "_recorded", False):
+            continue
 
-    recording._recorded = True
-    ProcessCacheContext.__enter__ = recording
+        def recording(self, enter=enter):
+            out = enter(self)
+            _PAGE_SLOTS.append(int(self.schedule.num_slots))
+            return out
+
+        recording._recorded = True
+        cls.__enter__ = recording
 
 
 def make_loader(variant: str, path: Path, args, world: int):

@@ -238,6 +238,7 @@ def test_beyond_ram_stream_smoke(tmp_path, capsys):
     # epoch on another beton keeps numba's compilation, and the files it reads, out of it)
     assert 0.5 < row.read_x_beton < 1.5, row.read_x_beton
     assert row.bound_mb > 0 and row.max_peak_rss_mb > 0
+    assert 0 < row.page_slots <= row.bound_pages  # ffcv's schedule, recorded, within it
 
 
 def test_beyond_ram_refuses_without_a_memory_cgroup(monkeypatch, capsys, tmp_path):
