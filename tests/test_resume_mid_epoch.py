@@ -110,8 +110,12 @@ def test_page_aware_order_learns_like_the_random_order(small_page_betons, tmp_pa
     assert len(set(PageLayout.from_file(small_page_betons[0]).sample_page.tolist())) >= 30
     tops = {}
     for in_memory in ("1", "0"):
+        # lr 0.02: at the shared runs' 0.05 this 3-epoch run's loss spikes above chance in
+        # epoch 1 with either order, and one seed's top-1 then moved by 0.17 between seeds
+        # (noise, not the order); at 0.02 both orders train smoothly and land within 0.015
         result = run(*args_for(small_page_betons, tmp_path, "--data.in_memory", in_memory,
-                               "--data.window_pages", "4", "--logging.run_id", in_memory))
+                               "--data.window_pages", "4", "--lr.lr", "0.02",
+                               "--logging.run_id", in_memory))
         assert result.returncode == 0, result.stderr[-3000:]
         tops[in_memory] = read_log(tmp_path / in_memory)[-1]["top_1"]
     assert tops["0"] > tops["1"] - 0.03, tops
