@@ -33,7 +33,7 @@ def all_in(values: np.ndarray, known: np.ndarray) -> bool:
 
     ``np.isin`` took seconds on ImageNet's 1.28M pointers (its table path does not apply to
     uint64 pointers spread over the file); this is O((n + m) log m)."""
-    values, known = np.asarray(values), np.sort(np.asarray(known), kind="stable")
+    values, known = np.asarray(values), np.sort(np.asarray(known))
     if values.size == 0:
         return True
     if known.size == 0:

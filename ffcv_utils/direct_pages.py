@@ -46,8 +46,8 @@ def _read_into(fd: int, row: np.ndarray, offset: int) -> None:
 
 class DirectPageReader(threading.Thread):
     """Takes ``(page, slot)`` queries until ``None``; reads the page into its slot and reports
-    it. A direct read that fails (an unaligned tail, a file system that changed its mind) is
-    done again buffered."""
+    it. Without O_DIRECT, or when a direct read fails (an unaligned tail, a file system that
+    changed its mind), the page is read buffered."""
 
     def __init__(self, path: str, queries, loaded, memory: np.ndarray):
         super().__init__(daemon=True)
@@ -61,9 +61,7 @@ class DirectPageReader(threading.Thread):
                 row = self.memory[slot]
                 offset = int(page) * row.size
                 try:
-                    if direct is None:
-                        raise OSError
-                    _read_into(direct, row, offset)
+                    _read_into(buffered if direct is None else direct, row, offset)
                 except OSError:
                     _read_into(buffered, row, offset)
                 self.loaded.put(page)

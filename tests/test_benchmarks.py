@@ -299,13 +299,15 @@ def test_beyond_ram_sizes_smoke(tmp_path):
 
 
 def test_beyond_ram_results_render():
-    """The committed beyond_ram CSVs render as their three tables (and not as loader tables,
+    """The committed beyond_ram CSVs render as their tables (and not as loader tables,
     although the stream CSV has a ``loader`` column)."""
     from benchmarks import render
 
     text = render.render(REPO / "benchmarks" / "results")
     for head in ("**A beton bigger than memory** (`beyond_ram.csv`",
                  "**At ImageNet's sample count** (`beyond_ram_scale.csv`",
-                 "**Bytes per image by write mode** (`write_sizes.csv`"):
+                 "**Bytes per image by write mode** (`write_sizes.csv`",
+                 "**Fixed or sliding page windows** (`beyond_ram_window.csv`",
+                 "**Buffered or O_DIRECT page reads** (`beyond_ram_direct.csv`"):
         assert text.count(head) == 1, head
     assert "beyond_ram.csv`): " not in text.split("**A beton bigger")[0]

@@ -293,6 +293,7 @@ def test_page_aware_loader_reads_pages_directly_with_the_same_images(ids_beton, 
     data = train_loader(str(ids_beton), batch_size=50, num_workers=1, res=24, seed=1,
                         in_memory=False)
     manager = data.loader.memory_manager
+    assert type(manager) is direct_pages.DirectProcessCacheManager  # what train_loader sets up
 
     def epoch(cls):
         manager.__class__ = cls

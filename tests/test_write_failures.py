@@ -47,7 +47,8 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path):
     # can leave the child waiting on a lock forever (and a stuck child keeps pytest from exiting).
     path = tmp_path / ckpt.LAST
     ckpt.atomic_save({"epoch": 3}, path)
-    child = subprocess.run([sys.executable, "-c", SAVE_LIMITED, str(path), str(Path(__file__).parent)],
+    child = subprocess.run([sys.executable, "-c", SAVE_LIMITED, str(path),
+                            str(Path(__file__).parent)],
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
     message = child.stdout.strip()
     assert child.returncode == 0 and "Traceback" not in child.stderr, child.stderr[-2000:]
