@@ -10,6 +10,9 @@ It only looks at the thread and its queue, so it works for any pipeline.
 """
 from __future__ import annotations
 
+import operator
+import sys
+from queue import Empty
 import threading
 import time
 import weakref
@@ -20,6 +23,8 @@ from .cli import UserError
 # seconds on a small CPU), and a cold page cache on a network disk can be slow too.
 DEFAULT_STALL_SECONDS = 600.0
 _POLL_SECONDS = 0.25
+# How long closing an epoch early waits for its thread to finish the batch it is on.
+_JOIN_SECONDS = 60.0
 
 _stall_seconds = DEFAULT_STALL_SECONDS
 _failures: "weakref.WeakKeyDictionary[threading.Thread, BaseException]" = weakref.WeakKeyDictionary()
@@ -92,12 +97,12 @@ class WatchedIterator:
                 if queue.qsize():
                     return
                 exc = _failures.pop(inner, None)
-                inner.close()
+                self.close()
                 why = _describe(exc) if exc is not None else "its thread ended without a result"
                 raise LoaderError(f"{self._where()} failed: {why}")
             waited = time.monotonic() - start
             if self.stall_seconds and waited > self.stall_seconds:
-                inner.close()
+                _abandon(inner)
                 raise LoaderError(f"{self._where()} produced nothing for {waited:.0f} s "
                                   "(data.loader_timeout); is the disk or the machine overloaded?")
 
@@ -107,8 +112,50 @@ class WatchedIterator:
         self.batch += 1
         return item
 
-    def close(self) -> None:
-        self.inner.close()
+    def close(self, wait: bool = True) -> None:
+        """End the epoch early and wait for its thread: set its stop flag, join it, then
+        release its memory. A loader thread left running when the process exits is killed by
+        Python's shutdown mid-pipeline, and inside numba's or torch's C++ frames that aborts
+        the process ("terminate called without an active exception", exit -6) after the
+        run's work is done. ``wait=False`` (an interrupt: out at once) only stops it."""
+        inner = self.inner
+        if inner.closed:
+            return
+        if not wait:
+            _abandon(inner)
+            return
+        inner.terminate_event.set()
+        deadline = time.monotonic() + _JOIN_SECONDS
+        while inner.is_alive() and time.monotonic() < deadline:
+            _unblock_last_put(inner)
+            inner.join(_POLL_SECONDS)
+        if inner.is_alive():
+            _abandon(inner)
+            return
+        inner.close()
+        inner.closed = True
+
+    def __del__(self):
+        if not sys.is_finalizing():
+            self.close()
+
+
+def _abandon(inner) -> None:
+    """Stop a loader thread that is stuck (in a read, say) without waiting for it: its buffers
+    stay allocated, as it may still write to them, and it ends with the process."""
+    inner.terminate_event.set()
+    inner.closed = True
+
+
+def _unblock_last_put(inner) -> None:
+    """ffcv's loader thread sees its stop flag only when a timed ``put`` finds its queue full,
+    but once it has taken the epoch's last batch its ``put(None)`` waits without a timeout:
+    then one free slot lets it finish."""
+    if operator.length_hint(inner.iter_ixes) == 0 and inner.output_queue.full():
+        try:
+            inner.output_queue.get_nowait()
+        except Empty:
+            pass
 
 
 class WatchedLoader:

@@ -13,11 +13,14 @@ import numpy as np
 
 def walk(data, epoch, start, steps=-1):
     data.set_epoch(epoch, start)
-    length, labels = len(data.loader), []
-    for k, (_, y) in enumerate(data.loader):
-        if k == steps:
-            break
-        labels.append(y.numpy().copy())  # ffcv reuses its batch buffers
+    length, labels, batches = len(data.loader), [], iter(data.loader)
+    try:
+        for k, (_, y) in enumerate(batches):
+            if k == steps:
+                break
+            labels.append(y.numpy().copy())  # ffcv reuses its batch buffers
+    finally:
+        batches.close()  # a loader thread left running aborts the process at exit
     return np.array(labels).reshape(len(labels), -1), length, data.position(len(labels))
 
 

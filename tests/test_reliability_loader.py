@@ -6,6 +6,9 @@ under a pytest timeout so that a regression fails instead of stalling the suite.
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -16,6 +19,7 @@ import torch
 from ffcv_utils.dataset_info import read_info
 from ffcv_utils.data import shard_indices, train_loader, val_loader
 from ffcv_utils.watchdog import LoaderError, watch
+from helpers import ROOT
 
 # numba's dispatcher finalizer may raise an ignored KeyError when a Loader's compiled pipeline
 # is collected (noise, hidden for scripts by ffcv_utils.cli): collected after each test, under
@@ -135,3 +139,51 @@ def test_watched_loader_passes_attributes_through(digits_betons):
     loader.next_epoch = 4
     assert loader._loader.next_epoch == 4 and len(loader) == len(loader._loader)
     assert isinstance(next(iter(loader))[0], torch.Tensor)
+
+
+def _close_mid_epoch(loader, take: int, settle: float = 0.0):
+    """Take ``take`` batches of an epoch, wait ``settle`` s (the thread runs ahead), close it:
+    the loader thread, which ended by then, and the seconds the close took."""
+    iterator = iter(loader)
+    for _ in range(take):
+        next(iterator)
+    time.sleep(settle)
+    thread, start = iterator.inner, time.monotonic()
+    iterator.close()
+    return thread, time.monotonic() - start
+
+
+def test_closing_an_epoch_early_ends_its_thread(small_digits_betons):
+    """A loop left early (a stop signal, a partial walk) must not leave ffcv's thread running:
+    at exit Python kills it mid-pipeline, which aborts the process (exit -6). Mid-epoch, and
+    at its end with the queue full, where ffcv's last ``put`` has no timeout."""
+    train, _ = small_digits_betons
+    data = train_loader(str(train), batch_size=16, num_workers=1, res=16)
+    batches, ahead = len(data.loader), data.loader.batches_ahead
+    assert batches > 2 + ahead  # the first close is mid-epoch
+    # the second leaves the last ``ahead`` batches in the full queue: the end-of-epoch put waits
+    for take, settle in ((2, 0.0), (batches - ahead, 3.0)):
+        thread, seconds = _close_mid_epoch(data.loader, take, settle)
+        assert not thread.is_alive() and thread.closed
+        assert seconds < 30
+    assert sum(1 for _ in data.loader) == batches  # the next epoch is whole
+
+
+LEAVE_EARLY = """
+import sys
+from ffcv_utils.data import train_loader
+data = train_loader(sys.argv[1], batch_size=16, num_workers=1, res=64)
+for k, _ in enumerate(data.loader):
+    if k == 1:
+        break
+"""
+
+
+def test_a_script_that_leaves_an_epoch_early_exits_cleanly(small_digits_betons):
+    """The plain ``for ... break`` of a user's script: the dropped iterator ends its thread, so
+    the process exits 0 (it used to abort with SIGABRT at exit, every time)."""
+    done = subprocess.run([sys.executable, "-c", LEAVE_EARLY, str(small_digits_betons[0])],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr

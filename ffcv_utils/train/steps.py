@@ -97,8 +97,8 @@ def train_epoch(setup, loader, lrs, env, epoch, *, accum_steps: int, log_level: 
                 kind = pauses.poll(env)
                 if kind:
                     on_pause(kind, k + 1, meter)
-    finally:
-        iterator.close()
+    finally:  # a second Ctrl-C leaves at once; anything else lets the loader thread finish
+        iterator.close(wait=sys.exc_info()[0] is not KeyboardInterrupt)
         bar.close()
     if env.device.type == "cuda":
         torch.cuda.synchronize(env.device)
