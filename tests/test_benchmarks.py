@@ -57,9 +57,6 @@ def test_loader_betons_are_cached(loader_run, photos_dir):
     assert [b.stat().st_mtime for b in betons] == mtimes
 
 
-# numba's dispatcher finalizer may raise an ignored KeyError when a loader's compiled pipeline is
-# collected (noise, as in test_writer.py); not this test's subject.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.slow  # loader_run: a process per ffcv loader row
 def test_train_throughput_cpu_with_e2e(loader_run, tmp_path):
     from benchmarks import train_throughput

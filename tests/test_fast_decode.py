@@ -208,7 +208,6 @@ def _images(loader) -> np.ndarray:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_val_loader_fast_matches_stock_ffcv(photo_betons):
     from ffcv.reader import Reader
 
@@ -248,7 +247,6 @@ def _damage(beton, out):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_damaged_beton_decodes_without_crash_and_counts_failures(photo_betons, tmp_path):
     from ffcv_utils.data import take_decode_failures, train_loader, val_loader
 
@@ -311,7 +309,6 @@ def _lie_about_sizes(beton, out):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_beton_with_lying_metadata_gives_grey_counted_samples(photo_betons, tmp_path):
     """Through the real loaders: the hostile samples come out grey and counted, the rest decode."""
     from ffcv_utils.data import take_decode_failures, train_loader, val_loader

@@ -98,7 +98,6 @@ def test_both_decoders_read_passed_through_jpegs_including_progressive_and_gray(
             assert np.abs(got.astype(int) - expected).mean() < 1.5, (f.name, name)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_the_loaders_of_both_decoders_read_a_passthrough_beton(jpegs, tmp_path):
     from ffcv_utils.data import val_loader
 

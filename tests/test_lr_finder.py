@@ -31,8 +31,6 @@ def test_suggest_picks_steepest_descent_and_divergence_stops():
     assert not lr_finder.diverged(lr_finder.smooth([1.0, 0.9, 0.8]))
 
 
-# numba's dispatcher finalizer can raise at garbage collection after ffcv's loader threads stop
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_finder_on_digits_gives_finite_lr_inside_the_sweep(digits_betons, tmp_path):
     out = tmp_path / "lr.png"
     # lr.lr is for a global batch of 256; the sweep runs at 64
@@ -52,7 +50,6 @@ def test_finder_on_digits_gives_finite_lr_inside_the_sweep(digits_betons, tmp_pa
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_finder_steps_like_the_trainer_with_accumulation(digits_betons, tmp_path, monkeypatch):
     """With training.accum_steps 2 at half the batch, each LR is one optimizer step over two
     micro-batches: the same global batch (64), so the same lr.lr, as without accumulation."""

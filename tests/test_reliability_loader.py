@@ -21,11 +21,8 @@ from ffcv_utils.data import shard_indices, train_loader, val_loader
 from ffcv_utils.watchdog import LoaderError, watch
 from helpers import ROOT
 
-# numba's dispatcher finalizer may raise an ignored KeyError when a Loader's compiled pipeline
-# is collected (noise, hidden for scripts by ffcv_utils.cli): collected after each test, under
-# this filter, as in test_writer.py.
-pytestmark = [pytest.mark.timeout(120),
-              pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+# Loaders are collected after each test (numba's finalizer noise is filtered in pyproject.toml).
+pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(autouse=True)

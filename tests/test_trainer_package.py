@@ -21,7 +21,6 @@ pytestmark = pytest.mark.timeout(300)
 CPU_ENV = du.DistEnv(0, 0, 1, 1, torch.device("cpu"))
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("decoder", ["ffcv", "fast"])
 def test_find_lr_uses_the_decoder_the_config_names(digits_betons, tmp_path, decoder,
                                                     monkeypatch):
@@ -77,7 +76,6 @@ def test_checkpoint_restores_the_whole_training_state(digits_betons, tmp_path):
     assert torch.equal(next(trained.raw_model.parameters()), next(fresh.raw_model.parameters()))
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_run_crosses_resolution_and_batch_stages(small_digits_betons, tmp_path, monkeypatch):
     """resolution.schedule: epoch 1 changes only the size (set_resolution on the same loader),
     epoch 2 the batch too (a rebuilt loader); every batch has its stage's shape."""

@@ -228,9 +228,6 @@ def test_val_class_not_in_train_list_is_refused(messy, messy_written, tmp_path):
     assert os.listdir(tmp_path) == ["val"]  # no temporary file left behind
 
 
-# numba's dispatcher finalizer may raise an ignored KeyError when the Loader's compiled
-# pipeline is collected (noise, hidden for scripts by ffcv_utils.cli); not this test's subject.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_round_trip_digits_through_the_ffcv_loader(digits_dir, digits_betons):
     """ImageFolder -> beton -> the project's val loader: same count, labels and class list; val
     in folder order, train shuffled so that every stretch of it mixes the classes."""
