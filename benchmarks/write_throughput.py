@@ -28,11 +28,15 @@ in ``jpg`` mode, every photo that needs no resize). Rounds interleave the writer
 A B C ...) after one untimed warm-up (the photos and the libraries in the page cache); each
 writer keeps its best round, and the CSV lists every round. With a few thousand photos the
 start-up (ffcv's import alone takes seconds) weighs on the whole-write rate; on ImageNet it does
-not, so both rates are reported.
+not, so both rates are reported. The data stage too has fixed costs (forking the check and
+writer processes, the beton's header and tables), which 1.28M images make nothing of: each
+round therefore also writes a quarter of the photos (``--small``, hard links in the work
+folder), and ``marginal_img_per_s`` / ``marginal_cpu_ms_per_img`` are the rate and CPU of the
+photos the big write has beyond the small one (the median over rounds of the differences).
 
-    python -m ffcv_utils.sample_data photos bench_data/photos1000 --images 1000 --classes 10
-    python benchmarks/write_throughput.py --data-dir bench_data/photos1000 --workers 2 --rounds 4 \\
-        --out benchmarks/results/write_cpu.csv
+    python -m ffcv_utils.sample_data photos bench_data/photos4000 --images 4000 --classes 10
+    python benchmarks/write_throughput.py --data-dir bench_data/photos4000 --workers 2 --rounds 3 \\
+        --out benchmarks/results/write_cpu_marginal.csv
 """
 from __future__ import annotations
 
@@ -67,6 +71,8 @@ COLUMNS = ["writer", "program", "write_mode", "passthrough", "workers", "images"
            "beton_bytes_per_img", "data_bytes_per_img", "source_bytes_per_img", "stored_jpeg_share",
            "stored_as_source_share", "claimed_as_is", "as_source_check", "ratio_vs_reencode",
            "data_ratio_vs_reencode", "ratio_vs_ffcv_imagenet", "data_ratio_vs_ffcv_imagenet",
+           "small_images", "marginal_img_per_s", "marginal_cpu_ms_per_img",
+           "marginal_ratio_vs_reencode", "marginal_ratio_vs_ffcv_imagenet",
            "peak_rss_mb", "load_1m_before", "load_1m_after", "rounds", "rounds_img_per_s",
            "no_resize_share", "max_resolution", "jpeg_quality", "compress_probability", "note"]
 
@@ -187,6 +193,24 @@ def as_source_check(name: str, back: dict, claimed: int, no_resize: int, n: int)
 
 # --------------------------------------------------------------------------- driver
 
+def small_folder(files: list[Path], data_dir: Path, work: Path, k: int) -> Path:
+    """An ImageFolder of ``k`` of the photos, spread evenly over the list (so over the classes
+    and the sizes), as hard links (copies across file systems) under ``work``."""
+    import shutil
+
+    root = work / "small"
+    shutil.rmtree(root, ignore_errors=True)
+    step = len(files) / k
+    for f in (files[int(i * step)] for i in range(k)):
+        target = root / f.relative_to(data_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copyfile(f, target)
+    return root
+
+
 def timed_write(name: str, args, data_dir: Path, beton: Path, env: dict) -> dict | None:
     """Run one write in a fresh process; wall time, CPU of its process tree, peak memory."""
     beton.unlink(missing_ok=True)
@@ -217,8 +241,10 @@ def warm_up(env: dict) -> None:
                    env=env, check=True)
 
 
-def run_rounds(writers: list[str], args, data_dir: Path, work: Path, src: dict) -> dict:
-    """Every writer once per round, interleaved; each round's result with its read-back."""
+def run_rounds(writers: list[str], args, data_dir: Path, work: Path, src: dict,
+               small: Path | None) -> dict:
+    """Every writer once per round, interleaved; each round's result with its read-back (and
+    under "small" its write of the ``small`` folder)."""
     env = dict(os.environ, TQDM_DISABLE="1")  # ffcv's progress bar would flood the log
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + \
         env.get("PYTHONPATH", "")
@@ -243,11 +269,29 @@ def run_rounds(writers: list[str], args, data_dir: Path, work: Path, src: dict) 
                   f"start-up {r['startup_s']:.1f} s), {r['cpu_s'] / n * 1e3:.1f} CPU ms/img, "
                   f"{back['stored_as_source']} of {n} stored as their source bytes "
                   f"({r['check']})", flush=True)
+            if small is not None:
+                r["small"] = timed_write(name, args, small, beton, env)
+                for p in (beton, Path(f"{beton}.json")):
+                    p.unlink(missing_ok=True)
             runs[name].append(r)
     return runs
 
 
-def summarise(name: str, rounds: list, n: int) -> dict:
+def marginal(rounds: list, n: int, k: int) -> dict:
+    """Rate and CPU per photo of the ``n - k`` photos a full write has beyond the small one:
+    the median over rounds of (full - small) data-stage seconds and CPU seconds."""
+    pairs = [(r, r["small"]) for r in rounds if r is not None and r.get("small")]
+    if not pairs or n <= k:
+        return {}
+    med = statistics.median
+    seconds = med([r["data_s"] - s["data_s"] for r, s in pairs])
+    cpu = med([r["data_cpu_s"] - s["data_cpu_s"] for r, s in pairs])
+    return {"small_images": k,
+            "marginal_img_per_s": (n - k) / seconds if seconds > 0 else float("nan"),
+            "marginal_cpu_ms_per_img": cpu / (n - k) * 1e3}
+
+
+def summarise(name: str, rounds: list, n: int, k: int = 0) -> dict:
     """One CSV row: the best round's rates, the medians of the other timings."""
     program, mode, passthrough = WRITERS[name]
     row = {"writer": name, "program": program, "write_mode": mode,
@@ -275,13 +319,15 @@ def summarise(name: str, rounds: list, n: int) -> dict:
                 claimed_as_is=best["claimed_as_is"], as_source_check=" / ".join(checks),
                 peak_rss_mb=max(r["peak_rss_mb"] for r in ok),
                 load_1m_before=best["load_1m_before"], load_1m_after=best["load_1m_after"],
-                note="" if len(ok) == len(rounds) else f"{len(rounds) - len(ok)} rounds failed")
+                note="" if len(ok) == len(rounds) else f"{len(rounds) - len(ok)} rounds failed",
+                **marginal(ok, n, k))
 
 
 def add_ratios(df):
     """Each row's rates over the re-encoding toolkit row and the ffcv-imagenet row of its mode."""
     nan = float("nan")
-    for col, prefix in (("img_per_s", ""), ("data_img_per_s", "data_")):
+    for col, prefix in (("img_per_s", ""), ("data_img_per_s", "data_"),
+                        ("marginal_img_per_s", "marginal_")):
         rate = dict(zip(df.writer, df[col]))
 
         def over(reference: str, r: float) -> float:
@@ -307,6 +353,9 @@ def run(argv: list[str] | None = None):
     parser.add_argument("--out", required=True, help="CSV to write (one row per writer)")
     parser.add_argument("--work-dir", default=None,
                         help="where the betons are written (default: <out dir>/betons)")
+    parser.add_argument("--small", type=int, default=-1,
+                        help="photos in the small write of each round (default: a quarter; "
+                             "0: none, no marginal rates)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="skip the untimed import before the first round")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -339,8 +388,10 @@ def finish(writers, args, data_dir: Path, files: list[Path], work: Path, out: Pa
 
     src = describe_sources(files, PUBLISHED["max_resolution"])
     info = machine_info("cpu")
-    runs = run_rounds(writers, args, data_dir, work, src)
-    df = pd.DataFrame([summarise(w, runs[w], len(files)) for w in writers])
+    k = len(files) // 4 if args.small < 0 else min(args.small, len(files) - 1)
+    small = small_folder(files, data_dir, work, k) if k > 0 else None
+    runs = run_rounds(writers, args, data_dir, work, src, small)
+    df = pd.DataFrame([summarise(w, runs[w], len(files), k) for w in writers])
     df["workers"] = args.workers
     df["source_bytes_per_img"] = src["source_bytes_per_img"]
     df["no_resize_share"] = src["no_resize_share"]
@@ -354,7 +405,8 @@ def finish(writers, args, data_dir: Path, files: list[Path], work: Path, out: Pa
         df[k] = v
     df.to_csv(out, index=False)
     show = df[["writer", "img_per_s", "data_img_per_s", "ratio_vs_reencode",
-               "ratio_vs_ffcv_imagenet", "startup_s", "cpu_ms_per_img", "data_cpu_ms_per_img",
+               "ratio_vs_ffcv_imagenet", "marginal_img_per_s", "marginal_ratio_vs_reencode",
+               "marginal_cpu_ms_per_img", "startup_s", "cpu_ms_per_img", "data_cpu_ms_per_img",
                "data_bytes_per_img",
                "stored_as_source_share", "as_source_check", "rounds_img_per_s"]]
     print_summary(f"{len(files)} photos ({src['no_resize_share']:.0%} need no resize), "

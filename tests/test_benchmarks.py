@@ -169,6 +169,9 @@ def test_write_throughput_reads_every_beton_back(photos_dir, tmp_path):
     for col in ("img_per_s", "data_img_per_s", "startup_s", "cpu_ms_per_img",
                 "data_cpu_ms_per_img", "data_bytes_per_img"):
         assert (df[col] > 0).all(), col
+    # a quarter of the photos written again each round: the marginal columns are filled (their
+    # sign is noise with 45 extra photos; the arithmetic is tested below)
+    assert (df.small_images == 15).all() and df.marginal_cpu_ms_per_img.notna().all()
     fits = [max(Image.open(p).size) <= 500 for p in Path(photos_dir, "train").rglob("*.JPEG")]
     assert 0 < sum(fits) < 60  # some photos are resized, so not every sample can pass through
     assert df.loc["toolkit-jpg", "stored_as_source_share"] == pytest.approx(sum(fits) / 60)
@@ -181,6 +184,23 @@ def test_write_throughput_reads_every_beton_back(photos_dir, tmp_path):
     assert not list((tmp_path / "betons").glob("*.beton"))  # each beton removed once read
     text = render.render(tmp_path)
     assert "**Writing a beton** (`write.csv`" in text and "| toolkit-jpg |" in text
+    assert "each round also writes 15 of the photos" in text
+
+
+def test_marginal_rate_is_the_median_difference_to_the_small_write():
+    from benchmarks.write_throughput import marginal
+
+    def run(data_s, cpu, small_s, small_cpu):
+        return {"data_s": data_s, "data_cpu_s": cpu,
+                "small": {"data_s": small_s, "data_cpu_s": small_cpu}}
+
+    rounds = [run(5.0, 9.0, 2.0, 3.0), run(4.0, 8.0, 2.0, 3.0), None,
+              run(9.0, 20.0, 2.0, 3.0), {"data_s": 1.0, "data_cpu_s": 1.0, "small": None}]
+    got = marginal(rounds, 4000, 1000)
+    assert got["small_images"] == 1000
+    assert got["marginal_img_per_s"] == pytest.approx(3000 / 3.0)  # median of 3, 2, 7
+    assert got["marginal_cpu_ms_per_img"] == pytest.approx(6.0 / 3000 * 1e3)  # of 6, 5, 17
+    assert marginal([None], 4000, 1000) == {}
 
 
 def test_write_as_source_check_names_a_mismatch():
