@@ -35,6 +35,8 @@ FFCV_PREFETCH_BATCHES = 3
 DEFAULT_WINDOW_PAGES = 32  # 8 MiB pages: 256 MiB a window, ~2,000 ImageNet samples
 # Stream ids of the per-epoch generators, so the draws of one use never shift another's.
 _PERMUTATION, _PAGES, _WINDOWS = 0, 1, 2
+# A sample's place in the sliding window is drawn in steps of 1/2**20 of a page.
+_WINDOW_STEPS_BITS = 20
 
 Start = Union[int, Sequence[Sequence[int]]]
 
@@ -112,8 +114,11 @@ class PageLayout:
 
     def min_window_samples(self, window_pages: int) -> int:
         """A lower bound of the samples in any ``window_pages`` pages: the smallest pages'."""
-        counts = np.sort(np.unique(self.sample_page[self.sample_page >= 0], return_counts=True)[1])
-        return int(counts[:window_pages].sum())
+        counts = np.bincount(self.sample_page[self.sample_page >= 0])
+        counts = counts[counts > 0]
+        if window_pages >= len(counts):
+            return int(counts.sum())
+        return int(np.partition(counts, window_pages - 1)[:window_pages].sum())
 
     @classmethod
     def from_file(cls, path) -> "PageLayout":
@@ -122,16 +127,31 @@ class PageLayout:
         return cls.from_reader(Reader(str(path)))
 
 
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for non-negative integers, in linear time: least
+    significant 16 bits first, each pass numpy's radix sort of 16-bit keys (its stable sort of
+    wider integers is a merge sort, n log n: the order of 1.28M samples is built every epoch)."""
+    keys = np.asarray(keys, np.int64)
+    order = np.arange(len(keys))
+    bits = int(keys.max()).bit_length() if len(keys) else 0
+    for shift in range(0, bits, 16):
+        digit = ((keys[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+    return order
+
+
 def _pages_in_order(layout: PageLayout, samples: np.ndarray, rng: np.random.Generator):
     """``samples`` shuffled and grouped by page, pages in a shuffled order:
-    (samples, page id of each, start offset of each page's run)."""
+    (samples, page id of each, start offset of each page's run). Linear in the samples."""
     samples = rng.permutation(samples)
-    pages = layout.sample_page[samples]
-    unique = np.unique(pages)
-    rank_of_page = np.empty(len(unique), np.int64)
-    rank_of_page[rng.permutation(len(unique))] = np.arange(len(unique))
-    key = rank_of_page[np.searchsorted(unique, pages)]
-    order = np.argsort(key, kind="stable")
+    pages = layout.sample_page[samples] + 1  # 0: the samples held in the metadata alone
+    present = np.zeros(int(layout.sample_page.max(initial=-1)) + 2, bool)
+    present[pages] = True
+    unique = np.flatnonzero(present)
+    rank_of_page = np.zeros(len(present), np.int64)
+    rank_of_page[unique[rng.permutation(len(unique))]] = np.arange(len(unique))
+    key = rank_of_page[pages]
+    order = stable_argsort(key)
     samples, key = samples[order], key[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, int)
     return samples, layout.sample_page[samples], starts
@@ -166,9 +186,11 @@ def page_streams(layout: PageLayout, samples: np.ndarray, world_size: int, batch
     # a sliding window: the samples of a rank's k-th page get keys spread over [k, k + window);
     # pages then enter (and leave) one by one, not a whole window's worth at one batch, so
     # ffcv's few batches of prefetch keep the reads flowing beside the decoding
-    key = local[page_of] + rng_windows.random(len(samples)) * window_pages
-    sort = np.lexsort((key, owner[page_of]))
-    ordered, sample_owner = samples[sort], owner[page_of][sort]
+    steps = _WINDOW_STEPS_BITS
+    key = (local[page_of] << steps) + rng_windows.integers(0, window_pages << steps, len(samples))
+    sample_owner = owner[page_of]
+    sort = stable_argsort((sample_owner << (int(key.max(initial=0)).bit_length())) + key)
+    ordered, sample_owner = samples[sort], sample_owner[sort]
     streams = [ordered[sample_owner == r] for r in range(world_size)]
     keep = min(len(s) for s in streams) // batch_size * batch_size
     return [s[:keep] for s in streams]
@@ -195,8 +217,10 @@ def page_order(layout: PageLayout, seed: int, epoch: int, batch_size: int, world
                              "this epoch's order")
         if i == len(legs) - 1:  # the current leg: continue its dealing where it stopped
             return streams[rank][n // w:]
-        used = np.concatenate([s[:n // w] for s in streams])
-        left = np.setdiff1d(left, used, assume_unique=True)
+        keep = np.zeros(len(layout.sample_page), bool)  # what is left, sorted, in linear time
+        keep[left] = True
+        keep[np.concatenate([s[:n // w] for s in streams])] = False
+        left = np.flatnonzero(keep)
 
 
 def peak_pages(window_pages: int, batch_size: int, min_window_samples: int,

@@ -84,6 +84,21 @@ def test_random_order_is_one_global_sequence(world):
     assert not (O.random_sequence(N, 6, 2) == seq).all()
 
 
+def test_linear_time_sorts_agree_with_numpys():
+    """The page-aware order's radix argsort is numpy's stable argsort (keys of 0 to 50 bits,
+    many ties), and the smallest pages' count is the sorted counts' prefix."""
+    rng = np.random.default_rng(1)
+    for top in (1, 2, 300, 1 << 16, 1 << 17, 1 << 33, 1 << 50):
+        keys = rng.integers(0, top, 5000)
+        assert (O.stable_argsort(keys) == np.argsort(keys, kind="stable")).all(), top
+    assert len(O.stable_argsort(np.zeros(0, np.int64))) == 0
+    pages = rng.integers(-1, 40, 3000)  # -1: samples held in the metadata, on no page
+    counts = np.sort(np.unique(pages[pages >= 0], return_counts=True)[1])
+    layout = O.PageLayout(pages, 1 << 20)
+    for w in (1, 5, 40, 50):
+        assert layout.min_window_samples(w) == counts[:w].sum(), w
+
+
 def test_page_order_memory_bound_holds_for_any_layout():
     """``peak_pages`` bounds ffcv's slots for random layouts, windows, batch sizes and ranks."""
     from ffcv.memory_managers.process_cache.schedule import compute_schedule
