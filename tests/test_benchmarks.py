@@ -149,6 +149,7 @@ def test_startup_reports_first_batch_times(loader_run, tmp_path):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_write_throughput_reads_every_beton_back(photos_dir, tmp_path):
     """Three writers (passthrough, re-encode, ffcv-imagenet's call), one round: rates, CPU,
     sizes, and the stored-as-source check made from the betons themselves."""

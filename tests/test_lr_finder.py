@@ -31,6 +31,7 @@ def test_suggest_picks_steepest_descent_and_divergence_stops():
     assert not lr_finder.diverged(lr_finder.smooth([1.0, 0.9, 0.8]))
 
 
+@pytest.mark.slow
 def test_finder_on_digits_gives_finite_lr_inside_the_sweep(digits_betons, tmp_path):
     out = tmp_path / "lr.png"
     # lr.lr is for a global batch of 256; the sweep runs at 64

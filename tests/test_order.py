@@ -201,6 +201,7 @@ def _walk(tmp_path, beton, world, start=None, part=0, tag="run"):
 
 
 @pytest.mark.timeout(400)
+@pytest.mark.slow
 def test_two_processes_walk_the_order_then_one_finishes(tmp_path, ids_beton, layout):
     """2 real processes, both orders: equal batch counts, the order's samples (random: the
     global sequence of (seed, epoch)); stopped after 3 steps, 1 process takes exactly the rest."""
@@ -231,6 +232,7 @@ def test_two_processes_walk_the_order_then_one_finishes(tmp_path, ids_beton, lay
 
 
 @pytest.mark.timeout(400)
+@pytest.mark.slow
 def test_two_torchrun_nodes_share_the_global_order(tmp_path, ids_beton, layout):
     """Two torchrun agents on this machine as two nodes (c10d rendezvous on localhost), one
     process each: each node's rank walks its share of both orders, pages on one node only."""
@@ -340,6 +342,7 @@ def test_crop_draws_follow_the_sample_not_the_call():
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_trainer_loss_does_not_depend_on_loader_workers(small_digits_betons, tmp_path):
     """Two CPU runs of the trainer with one seed, 1 and 2 loader workers, deterministic
     algorithms on: identical train_loss (same samples, same crops, torch's threads not set by

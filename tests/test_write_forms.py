@@ -18,7 +18,7 @@ from ffcv_utils import sample_data as sd
 
 ROOT = Path(__file__).resolve().parents[1]
 datasets = pytest.importorskip("datasets")
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # a full write per source form
 
 
 @pytest.fixture(scope="module")
