@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import operator
 import sys
-from queue import Empty
 import threading
 import time
 import weakref
+from queue import Empty
 
 from .cli import UserError
 
