@@ -188,9 +188,8 @@ def page_streams(layout: PageLayout, samples: np.ndarray, world_size: int, batch
     # ffcv's few batches of prefetch keep the reads flowing beside the decoding
     steps = _WINDOW_STEPS_BITS
     key = (local[page_of] << steps) + rng_windows.integers(0, window_pages << steps, len(samples))
-    sample_owner = owner[page_of]
-    sort = stable_argsort((sample_owner << (int(key.max(initial=0)).bit_length())) + key)
-    ordered, sample_owner = samples[sort], sample_owner[sort]
+    sort = stable_argsort(key)  # each rank's stream is then picked out in this order
+    ordered, sample_owner = samples[sort], owner[page_of][sort]
     streams = [ordered[sample_owner == r] for r in range(world_size)]
     keep = min(len(s) for s in streams) // batch_size * batch_size
     return [s[:keep] for s in streams]

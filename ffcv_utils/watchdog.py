@@ -108,7 +108,11 @@ class WatchedIterator:
 
     def __next__(self):
         self._wait_for_item()
-        item = next(self.inner)  # ffcv's own __next__: end of epoch, CUDA stream waits
+        try:
+            item = next(self.inner)  # ffcv's own __next__: end of epoch, CUDA stream waits
+        except StopIteration:  # ffcv closed the epoch's memory; its close never records that
+            self.inner.closed = True
+            raise
         self.batch += 1
         return item
 

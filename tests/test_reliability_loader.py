@@ -163,7 +163,9 @@ def test_closing_an_epoch_early_ends_its_thread(small_digits_betons):
         thread, seconds = _close_mid_epoch(data.loader, take, settle)
         assert not thread.is_alive() and thread.closed
         assert seconds < 30
-    assert sum(1 for _ in data.loader) == batches  # the next epoch is whole
+    whole = iter(data.loader)
+    assert sum(1 for _ in whole) == batches  # the next epoch is whole, and closed at its end
+    assert whole.inner.closed and not whole.inner.is_alive()
 
 
 LEAVE_EARLY = """
