@@ -40,13 +40,19 @@ demo: install
 	$(PY) train_imagenet.py --config-file rn18_configs/rn18_demo.yaml --data.train_dataset $(DEMO_OUT)_train.beton --data.val_dataset $(DEMO_OUT)_val.beton
 	@echo "plot of the run: $$(ls -t logs/*/metrics.png | head -n 1)"
 
+# pytest-xdist workers, one a core (at most 4): most of the suite's time is single-threaded
+# (interpreter and library start-up, numba compiling, small CPU runs), so two cores take it in
+# little more than half the time. Each test file stays on one worker, so its module fixtures are
+# built once; tests/conftest.py builds the session fixtures once for all workers.
+PYTEST := $(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile
+
 test: install
-	$(PY) -m pytest
+	$(PYTEST)
 
 # The inner loop: everything but the tests marked slow (see pyproject.toml's markers);
 # `make test` stays the full suite.
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) data demo_data logs .pytest_cache

@@ -1,9 +1,15 @@
-"""Shared fixtures: small real image folders and the betons written from them (session-scoped,
-so the suite pays for each only once)."""
+"""Shared fixtures: small real image folders, the betons written from them and one trainer run
+(session-scoped, and built once for all pytest-xdist workers: the suite pays for each once)."""
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import timm  # noqa: F401  (see below)
+from filelock import FileLock
 
 from ffcv_utils.sample_data import make_digits_folder, make_photo_folder
 
@@ -25,46 +31,63 @@ def pytest_sessionfinish(session, exitstatus):
         child.join(timeout=10)
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``name`` after ``build(folder)`` has filled it, once per test run. `make test`
+    runs the suite in two pytest-xdist worker processes, and each asks for the session fixtures
+    it needs: the first to ask builds under a lock in the folder the workers share, the others
+    wait and reuse the files. A failed build leaves nothing marked built, so the next asker
+    tries again and fails with its own message."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-N/, above each worker's popen-gwK/
+    folder = base / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
     """scikit-learn digits as ImageFolder: train/ (~1,440 images) and val/ (~360), 10 classes."""
-    return make_digits_folder(tmp_path_factory.mktemp("digits") / "digits", size=32)
+    return built_once(tmp_path_factory, "digits",
+                      lambda out: make_digits_folder(out / "digits", size=32)) / "digits"
 
 
 @pytest.fixture(scope="session")
 def photos_dir(tmp_path_factory):
     """ImageNet-like JPEGs cut from real photos: 60 train / 30 val images in 3 classes."""
-    return make_photo_folder(tmp_path_factory.mktemp("photos") / "photos", images=60,
-                             classes=3, val_images=30)
+    return built_once(tmp_path_factory, "photos", lambda out: make_photo_folder(
+        out / "photos", images=60, classes=3, val_images=30)) / "photos"
+
+
+def _write_digits(tmp_path_factory, name, digits_dir, **kwargs):
+    from ffcv_utils.writer import write_split
+
+    def build(out):
+        for split in ("train", "val"):
+            write_split(digits_dir, split, out / f"{split}.beton", max_resolution=32,
+                        num_workers=2, progress=False, **kwargs.get(split, {}))
+
+    out = built_once(tmp_path_factory, name, build)
+    return out / "train.beton", out / "val.beton"
 
 
 @pytest.fixture(scope="session")
 def digits_betons(tmp_path_factory, digits_dir):
     """(train.beton, val.beton) written from ``digits_dir`` by the toolkit's writer."""
-    from ffcv_utils.writer import write_split
-
-    out = tmp_path_factory.mktemp("digits_betons")
-    train = out / "train.beton"
-    val = out / "val.beton"
-    write_split(digits_dir, "train", train, max_resolution=32, num_workers=2)
-    write_split(digits_dir, "val", val, max_resolution=32, num_workers=2)
-    return train, val
+    return _write_digits(tmp_path_factory, "digits_betons", digits_dir)
 
 
 @pytest.fixture(scope="session")
 def small_digits_betons(tmp_path_factory, digits_dir):
     """(train.beton, val.beton) of 320 / 100 digits (all classes): runs whose subject is not
     learning take seconds an epoch (5 training batches of 64)."""
-    from ffcv_utils.writer import write_split
-
-    out = tmp_path_factory.mktemp("small_digits_betons")
-    train = out / "train.beton"
-    val = out / "val.beton"
-    write_split(digits_dir, "train", train, max_resolution=32, num_workers=2, subset=320,
-                progress=False)
-    write_split(digits_dir, "val", val, max_resolution=32, num_workers=2, subset=100,
-                progress=False)
-    return train, val
+    return _write_digits(tmp_path_factory, "small_digits_betons", digits_dir,
+                         train={"subset": 320}, val={"subset": 100})
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +95,9 @@ def damaged_train_beton(digits_betons, tmp_path_factory):
     """The digits train beton with its first JPEG's header zeroed (decodes grey, counted)."""
     from helpers import damaged_copy
 
-    return damaged_copy(digits_betons[0], tmp_path_factory.mktemp("damaged") / "train.beton")
+    out = built_once(tmp_path_factory, "damaged",
+                     lambda out: damaged_copy(digits_betons[0], out / "train.beton"))
+    return out / "train.beton"
 
 
 @pytest.fixture(scope="session")
@@ -80,18 +105,25 @@ def digits_run(digits_betons, damaged_train_beton, tmp_path_factory):
     """One finished 3-epoch trainer run (a real process) that many tests read: its log,
     checkpoints, weights, plot, TensorBoard and offline W&B folders; eval-only, predict, export
     and resume start from it. It trains on ``damaged_train_beton``: one damaged JPEG must not stop
-    a run. Returns ``(betons, folder, run_dir, result)``."""
-    import os
-
+    a run. Returns ``(betons, folder, run_dir, result)``; other tests add runs to ``folder``
+    under run ids of their own."""
     from helpers import args_for, run
 
     betons = (damaged_train_beton, digits_betons[1])
-    folder = tmp_path_factory.mktemp("runs")
-    env = dict(os.environ, WANDB_DIR=str(folder / "wandb_dir"), WANDB_SILENT="true",
-               WANDB_MODE="offline", WANDB_DISABLE_GIT="true")
-    result = run(*args_for(betons, folder, "--logging.run_id", "full",
-                           "--logging.tensorboard", "1", "--logging.step_interval", "5",
-                           "--logging.wandb_project", "ffcv-test", "--logging.wandb_mode",
-                           "offline"), env=env, timeout=500)
-    assert result.returncode == 0, result.stderr[-3000:]
+
+    def build(folder):
+        env = dict(os.environ, WANDB_DIR=str(folder / "wandb_dir"), WANDB_SILENT="true",
+                   WANDB_MODE="offline", WANDB_DISABLE_GIT="true")
+        result = run(*args_for(betons, folder, "--logging.run_id", "full",
+                               "--logging.tensorboard", "1", "--logging.step_interval", "5",
+                               "--logging.wandb_project", "ffcv-test", "--logging.wandb_mode",
+                               "offline", plot=True), env=env, timeout=500)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (folder / "full.stdout").write_text(result.stdout)
+        (folder / "full.stderr").write_text(result.stderr)
+
+    folder = built_once(tmp_path_factory, "runs", build)
+    result = subprocess.CompletedProcess("train_imagenet.py", 0,
+                                         (folder / "full.stdout").read_text(),
+                                         (folder / "full.stderr").read_text())
     return betons, folder, folder / "full", result

@@ -18,9 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3  # epochs of the shared digits run (conftest.py's ``digits_run``)
 
 
-def args_for(betons, folder, *extra, epochs=EPOCHS):
-    """A small ResNet-18 run on the digits betons (32 px, batch 64, BlurPool) into ``folder``."""
+def args_for(betons, folder, *extra, epochs=EPOCHS, plot=False):
+    """A small ResNet-18 run on the digits betons (32 px, batch 64, BlurPool) into ``folder``;
+    without its plot unless ``plot`` (matplotlib's import and drawing cost 1.5 s a process), so
+    the run that checks the plot uses the default."""
     train, val = betons
+    if not plot:
+        extra = ("--logging.plot", "0", *extra)
     return ["--data.train_dataset", str(train), "--data.val_dataset", str(val),
             "--model.arch", "resnet18", "--training.use_blurpool", "1",
             "--resolution.min_res", "32", "--resolution.max_res", "32",

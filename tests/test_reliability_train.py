@@ -1,5 +1,5 @@
 """The trainer never hangs and ends broken runs with one line (real trainer processes, real
-ffcv, digits betons; every process under a timeout).
+ffcv, the small digits betons; every process under a timeout).
 
 Two runs cover several cases. The first is a published config shrunk to 2 epochs, whose
 validation batch size leaves one image in the last batch, with an op injected into the training
@@ -51,11 +51,11 @@ def read_log(run_dir):
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
-def test_loader_failure_then_full_disk_each_end_with_one_line(digits_betons, tmp_path):
-    train, val = digits_betons
+def test_loader_failure_then_full_disk_each_end_with_one_line(small_digits_betons, tmp_path):
+    train, val = small_digits_betons
     iters = read_info(train)["num_samples"] // 64
     fail_at = iters + 4  # the fourth batch of epoch 1 (counted from 0: batch 3)
-    args = trainer_args(digits_betons, tmp_path)
+    args = trainer_args(small_digits_betons, tmp_path)
     failed = subprocess.run([sys.executable, str(ROOT / "tests" / "injected_trainer.py"), "fail",
                              str(fail_at), *args], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)

@@ -1,6 +1,6 @@
 """Mid-epoch resume and the page-aware order through the real trainer: a run killed (SIGKILL)
-after a step checkpoint and resumed logs the uninterrupted run's per-epoch train_loss and top-1
-exactly; a 2-process torchrun stopped mid-epoch continues on 1 process; a digits run with the
+after a step checkpoint, resumed, stopped by SIGTERM in a later epoch and resumed again logs the
+uninterrupted run's per-epoch train_loss and top-1 exactly; a 2-process torchrun stopped mid-epoch continues on 1 process; a digits run with the
 page-aware order (small pages, so the order matters) learns as well as the random order."""
 from __future__ import annotations
 
@@ -14,46 +14,73 @@ import time
 import pytest
 import torch
 
-from helpers import ROOT, args_for, command, free_port, read_log, run
+from helpers import EPOCHS, ROOT, args_for, command, free_port, read_log, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def wait_for_step_checkpoint(proc, path, deadline_s=300):
-    """Poll until ``path`` is a step checkpoint (mid-epoch), then return it."""
+def wait_for_checkpoint(proc, path, done, deadline_s=300):
+    """Poll ``path`` (written atomically) until ``done(state)``, then return the state."""
     deadline = time.time() + deadline_s
     while True:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         try:
             state = torch.load(path, weights_only=False)
-            if state.get("step"):
+            if done(state):
                 return state
         except (OSError, EOFError, RuntimeError):
             pass
-        time.sleep(0.3)
+        time.sleep(0.2)
 
 
-def test_sigkill_after_a_step_checkpoint_then_resume_equals_the_uninterrupted_run(digits_run):
+def test_preempted_twice_then_resumed_equals_the_uninterrupted_run(digits_run):
+    """The shared run again, preempted as a spot machine is: killed (SIGKILL) after a periodic
+    step checkpoint, resumed, then stopped by SIGTERM in a later epoch (a step checkpoint at the
+    next optimizer step, exit 143), resumed again. Same samples, crops, weights and optimizer
+    state: the log matches the uninterrupted run's to the last digit."""
     betons, folder, full_dir, _ = digits_run
-    run_dir = folder / "killed"
-    proc = subprocess.Popen(command(*args_for(betons, folder, "--logging.run_id", "killed",
-                                              "--training.checkpoint_minutes", "0.05")),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    state = wait_for_step_checkpoint(proc, run_dir / "checkpoint_last.pt")
+    run_dir = folder / "preempted"
+    saved = run_dir / "checkpoint_last.pt"
+    args = args_for(betons, folder, "--logging.run_id", "preempted",
+                    "--training.checkpoint_minutes", "0.05")
+    resume = ("--training.resume", "auto")
+
+    proc = subprocess.Popen(command(*args), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    killed = wait_for_checkpoint(proc, saved, lambda state: state.get("step"))
     proc.kill()
     proc.communicate(timeout=60)
-    assert state["step"]["step"] > 0 and state["step"]["images"] > 0
-    resumed = run(*args_for(betons, folder, "--logging.run_id", "killed",
-                            "--training.resume", "auto", "--training.checkpoint_minutes", "0.05"))
+    assert killed["step"]["step"] > 0 and killed["step"]["images"] > 0
+    assert killed["epoch"] < EPOCHS - 1, "the first step checkpoint came in the last epoch"
+
+    proc = subprocess.Popen(command(*args, *resume), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # an epoch-end checkpoint past the killed epoch: the run is in a later epoch (a signal
+    # between an epoch's log line and its checkpoint would stop at the epoch's end instead)
+    wait_for_checkpoint(proc, saved, lambda state: state["epoch"] > killed["epoch"])
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert f"in epoch {killed['epoch']} at global step {killed['step']['step']}" in err
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err and "stopped by SIGTERM" in err
+    stopped = torch.load(saved, weights_only=False)
+    assert killed["epoch"] < stopped["epoch"] < EPOCHS and stopped["step"]["step"] > 0, err[-2000:]
+    assert f"global step {stopped['step']['step']} of epoch {stopped['epoch']}" in err
+
+    resumed = run(*args, *resume)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (f"in epoch {stopped['epoch']} at global step {stopped['step']['step']}"
+            in resumed.stderr)
     got, want = read_log(run_dir), read_log(full_dir)
-    assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
-    resumed_epoch = [r for r in got if "resumed_from_step" in r]
-    assert len(resumed_epoch) == 1 and resumed_epoch[0]["resumed_from_step"] > 0
-    for g, w in zip(got, want):  # the same samples, crops, weights: the same numbers
+    assert [r["epoch"] for r in got] == list(range(EPOCHS))  # each epoch logged once
+    assert [r["epoch"] for r in got if "resumed_from_step" in r] == [killed["epoch"],
+                                                                      stopped["epoch"]]
+    for g, w in zip(got, want):
+        assert (g["lr"], g["lr_end"], g["train_res"]) == (w["lr"], w["lr_end"], w["train_res"])
         assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-9, abs=1e-12), (g, w)
-        assert g["train_images"] == w["train_images"]
-        assert g["top_1"] == w["top_1"] and g["lr_end"] == w["lr_end"]
+        assert g["train_images"] == w["train_images"] and g["top_1"] == w["top_1"]
+    assert torch.load(saved, weights_only=False)["epoch"] == EPOCHS
 
 
 def test_two_processes_stopped_mid_epoch_continue_on_one(digits_betons, tmp_path):

@@ -33,7 +33,7 @@ def tool(script, *args):
 def test_timm_model_trains_predicts_and_exports(digits_betons, digits_dir, tmp_path, arch,
                                                 extra, bar):
     result = run(*args_for(digits_betons, tmp_path, "--model.arch", arch, *extra,
-                           "--logging.run_id", "t", "--logging.plot", "0"))
+                           "--logging.run_id", "t"))
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "t"
     log = read_log(run_dir)

@@ -23,7 +23,7 @@ def finetune(digits_run, betons, folder, run_id, *extra, env=None):
     """Start a one-epoch run from the shared run's final weights (LR 0.001)."""
     weights = digits_run[2] / "final_weights.pt"
     args = args_for(betons, folder, "--model.weights", str(weights), "--lr.lr", "0.001",
-                    "--logging.plot", "0", "--logging.run_id", run_id, *extra, epochs=1)
+                    "--logging.run_id", run_id, *extra, epochs=1)
     return subprocess.Popen(command(*args), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 

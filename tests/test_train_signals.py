@@ -30,7 +30,7 @@ def start_stalled(betons, folder, stall_at, *extra):
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "injected_trainer.py"), "stall", str(stall_at),
          str(marker),
-         *args_for(betons, folder, "--logging.plot", "0", "--logging.run_id", "s", *extra)],
+         *args_for(betons, folder, "--logging.run_id", "s", *extra)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, marker
 

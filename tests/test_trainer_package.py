@@ -88,7 +88,7 @@ def test_run_crosses_resolution_and_batch_stages(small_digits_betons, tmp_path, 
 
     monkeypatch.setattr(steps, "train_step", spy)
     args = args_for(small_digits_betons, tmp_path, "--resolution.schedule", "0,24,64;1,32,64;2,40,32",
-                    "--logging.log_level", "0", "--logging.plot", "0", "--logging.run_id", "st")
+                    "--logging.log_level", "0", "--logging.run_id", "st")
     assert run.main(args) == 0
     gc.collect()
     shapes = {e: {s for ep, s in seen if ep == e} for e in range(3)}
