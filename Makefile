@@ -43,8 +43,9 @@ demo: install
 # pytest-xdist workers, one a core (at most 4): most of the suite's time is single-threaded
 # (interpreter and library start-up, numba compiling, small CPU runs), so two cores take it in
 # little more than half the time. Each test file stays on one worker, so its module fixtures are
-# built once; tests/conftest.py builds the session fixtures once for all workers.
-PYTEST := $(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile
+# built once; tests/conftest.py builds the session fixtures once for all workers and puts the
+# files with long tests first (--no-loadscope-reorder keeps that order).
+PYTEST := $(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 test: install
 	$(PYTEST)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import timm  # noqa: F401  (see below)
@@ -20,6 +21,14 @@ from ffcv_utils.sample_data import make_digits_folder, make_photo_folder
 # wandb behind for every later test. Importing it here, before any loader thread, avoids that.
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files that hold slow tests first, each file's tests in their order: pytest-xdist hands
+    out whole files in this order, so the long trainer and torchrun files start at once and
+    the short files fill the end, instead of one long file running alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable
+
+
 def pytest_sessionfinish(session, exitstatus):
     """No child a test started may outlive the suite: multiprocessing joins its children at exit,
     so one stuck child would keep pytest (and CI) waiting forever after the summary."""
@@ -29,6 +38,19 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nkilling leftover child process {child.pid} ({child.name})")
         child.kill()
         child.join(timeout=10)
+
+
+@pytest.fixture
+def tool(capsys, monkeypatch):
+    """``tool(script, *args)``: a command-line tool (``predict.py``, ``export.py``, ``-m
+    module``) run in this process (``helpers.run_script``), its result shaped like
+    ``subprocess.run``'s: no interpreter start-up and imports for each call."""
+    from helpers import run_script
+
+    def call(script, *args):
+        code, out, err = run_script(script, args, capsys, monkeypatch)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return call
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:

@@ -280,12 +280,12 @@ def test_beyond_ram_scale_smoke(tmp_path):
     from benchmarks import beyond_ram
 
     out = tmp_path / "scale.csv"
-    beyond_ram.run(["scale", "--samples", "4000", "--fractions", "0.5,1", "--val-samples",
-                    "500", "--classes", "10", "--ranks", "1,8", "--batch-size", "16",
+    beyond_ram.run(["scale", "--samples", "1000", "--fractions", "0.5,1", "--val-samples",
+                    "200", "--classes", "10", "--ranks", "1,8", "--batch-size", "16",
                     "--repeat", "1", "--data-dir", str(tmp_path / "data"), "--out", str(out)])
     df = pd.read_csv(out)
     assert list(df.split) == ["train", "train", "val"]
-    assert list(df.samples) == [2000, 4000, 500]
+    assert list(df.samples) == [500, 1000, 200]
     train = df[df.split == "train"]
     for col in beyond_ram.SCALE_METRICS:
         assert (train[col] > 0).all(), col
@@ -293,7 +293,7 @@ def test_beyond_ram_scale_smoke(tmp_path):
     assert train.samples_x.iloc[1] == 2
     assert (df.check_s > 0).all() and set(MACHINE_COLUMNS) <= set(df.columns)
     # the order's arrays: rank 0's uint64 indices (+ the page layout's int64 per sample)
-    assert train.order_random_w1_mb.iloc[1] == pytest.approx(4000 // 16 * 16 * 8 / 2**20)
+    assert train.order_random_w1_mb.iloc[1] == pytest.approx(1000 // 16 * 16 * 8 / 2**20)
 
 
 @pytest.mark.timeout(120)

@@ -1,24 +1,18 @@
 """Any timm model through the whole toolkit: ``--model.arch timm:NAME`` trains on the digits
 betons (a CNN and a ViT, whose dynamic image size lets the resolution change between epochs),
-evaluates, and its final weights go through predict.py and export.py --format onnx."""
+evaluates, and its final weights go through predict.py and export.py --format onnx (run in
+process, conftest.py's ``tool``)."""
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
-from helpers import ROOT, args_for, read_log, run
+from helpers import args_for, read_log, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 CHANCE = 0.1  # 10 classes; +-0.016 on the 363 val images
-
-
-def tool(script, *args):
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
 
 
 @pytest.mark.parametrize("arch, extra, bar", [
@@ -30,7 +24,7 @@ def tool(script, *args):
                        "--lr.lr_peak_epoch", "0.5", "--resolution.schedule", "0,32;1,48",
                        "--validation.resolution", "48"], 0.18),
 ])
-def test_timm_model_trains_predicts_and_exports(digits_betons, digits_dir, tmp_path, arch,
+def test_timm_model_trains_predicts_and_exports(digits_betons, digits_dir, tmp_path, tool, arch,
                                                 extra, bar):
     result = run(*args_for(digits_betons, tmp_path, "--model.arch", arch, *extra,
                            "--logging.run_id", "t"))

@@ -1,14 +1,13 @@
 """Watching a run and using its model, on the shared trainer run (conftest.py's ``digits_run``):
 TensorBoard event files, W&B offline run folder, telemetry in log.jsonl, the metrics plot,
 prediction on image files and ONNX/TorchScript export checked against PyTorch (an export that
-disagrees is refused). The command-line tools run in process (``helpers.run_script``)."""
+disagrees is refused). The command-line tools run in process (conftest.py's ``tool``)."""
 from __future__ import annotations
 
 import json
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -76,15 +75,6 @@ def test_trainer_writes_plot_and_plot_cli_overlays_runs(watched_run, tmp_path, c
     code, _, err = run_script("-m ffcv_utils.plot", [tmp_path], capsys, monkeypatch)
     assert code == 2 and "no log.jsonl" in err
     assert len(err.strip().splitlines()) == 1
-
-
-@pytest.fixture
-def tool(capsys, monkeypatch):
-    """``tool(script, *args)``: the script's command line run in process (``run_script``)."""
-    def call(script, *args):
-        code, out, err = run_script(script, args, capsys, monkeypatch)
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-    return call
 
 
 def test_predict_on_image_folder_matches_the_trainers_validation(watched_run, digits_dir, tool):

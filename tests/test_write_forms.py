@@ -82,9 +82,10 @@ def test_every_form_writes_the_same_val_beton_labelled_like_train(forms, photos_
     archives, kaggle = forms["archives"], forms["kaggle"]
     flat_val = sd_kaggle_val(kaggle)
     for name in ("kaggle", "archives", "wds"):  # the train betons the val ones must follow
-        write(forms, "train", name, *({"kaggle": ["--cfg.data_dir", str(kaggle)],
-                                       "archives": ["--cfg.data_dir", str(archives)],
-                                       "wds": ["--cfg.wds_shards", str(forms["wds"])]}[name]))
+        if not (forms["out"] / f"{name}_train.beton").exists():  # the train test's, if it ran
+            write(forms, "train", name, *({"kaggle": ["--cfg.data_dir", str(kaggle)],
+                                           "archives": ["--cfg.data_dir", str(archives)],
+                                           "wds": ["--cfg.wds_shards", str(forms["wds"])]}[name]))
     runs = {
         "kaggle": ["--cfg.data_dir", str(kaggle)],
         "archives": ["--cfg.data_dir", str(archives / "ILSVRC2012_img_val.tar"),
