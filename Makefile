@@ -40,12 +40,14 @@ demo: install
 	$(PY) train_imagenet.py --config-file rn18_configs/rn18_demo.yaml --data.train_dataset $(DEMO_OUT)_train.beton --data.val_dataset $(DEMO_OUT)_val.beton
 	@echo "plot of the run: $$(ls -t logs/*/metrics.png | head -n 1)"
 
-# pytest-xdist workers, one a core (at most 4): most of the suite's time is single-threaded
-# (interpreter and library start-up, numba compiling, small CPU runs), so two cores take it in
-# little more than half the time. Each test file stays on one worker, so its module fixtures are
-# built once; tests/conftest.py builds the session fixtures once for all workers and puts the
-# files with long tests first (--no-loadscope-reorder keeps that order).
-PYTEST := $(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
+# pytest-xdist workers, one a CPU (at most 4; tests/conftest.py counts them): most of the
+# suite's time is single-threaded (interpreter and library start-up, numba compiling, small CPU
+# runs), so two cores take it in little more than half the time. Each test file stays on one
+# worker, so its module fixtures are built once; tests/conftest.py builds the session fixtures
+# once for all workers and puts the files with long tests first (--no-loadscope-reorder keeps
+# that order). `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: install
 	$(PYTEST)

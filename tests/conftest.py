@@ -21,6 +21,13 @@ from ffcv_utils.sample_data import make_digits_folder, make_photo_folder
 # wandb behind for every later test. Importing it here, before any loader thread, avoids that.
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: a worker per CPU this process may run on, at most 4. pytest-xdist's own rule
+    counts psutil's physical cores, which sees the host's cores from a container limited to a
+    few and one core where a VM has two hyperthreads."""
+    return min(4, len(os.sched_getaffinity(0)))
+
+
 def pytest_collection_modifyitems(config, items):
     """Files that hold slow tests first, each file's tests in their order: pytest-xdist hands
     out whole files in this order, so the long trainer and torchrun files start at once and
