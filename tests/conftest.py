@@ -21,6 +21,7 @@ from ffcv_utils.sample_data import make_digits_folder, make_photo_folder
 # wandb behind for every later test. Importing it here, before any loader thread, avoids that.
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: no error where it is missing
 def pytest_xdist_auto_num_workers(config):
     """``-n auto``: a worker per CPU this process may run on, at most 4. pytest-xdist's own rule
     counts psutil's physical cores, which sees the host's cores from a container limited to a
@@ -62,8 +63,8 @@ def tool(capsys, monkeypatch):
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """The folder ``name`` after ``build(folder)`` has filled it, once per test run. `make test`
-    runs the suite in two pytest-xdist worker processes, and each asks for the session fixtures
-    it needs: the first to ask builds under a lock in the folder the workers share, the others
+    runs the suite in pytest-xdist worker processes, and each asks for the session fixtures it
+    needs: the first to ask builds under a lock in the folder the workers share, the others
     wait and reuse the files. A failed build leaves nothing marked built, so the next asker
     tries again and fails with its own message."""
     base = tmp_path_factory.getbasetemp()
