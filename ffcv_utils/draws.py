@@ -6,8 +6,9 @@ run depend on which thread decoded which sample (ffcv issues 164, 140, 300, 392)
 draw is a counter-based hash (splitmix64) of (seed, epoch, sample index, draw number), computed
 in the jitted decoder code. The seed and epoch live in a small array that the compiled code
 reads through its address at every batch: numba freezes arrays captured by compiled code, and
-recompiling per epoch would cost seconds. The compiled functions are cached on disk
-(``cache=True``): each new process loads them instead of spending 0.6 s compiling them again.
+recompiling per epoch would cost seconds. The compiled functions are kept in numba's on-disk
+cache (``numba_cache.on_disk``): each new process loads them instead of spending 0.6 s compiling
+them again.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
+
+from .numba_cache import on_disk
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -38,14 +41,16 @@ def _load_int64(typingctx, address, index):
     return sig, codegen
 
 
-@njit(inline="always", cache=True)
+@on_disk
+@njit(inline="always")
 def _mix(x):
     x = (x ^ (x >> _S30)) * _M1
     x = (x ^ (x >> _S27)) * _M2
     return x ^ (x >> _S31)
 
 
-@njit(cache=True)
+@on_disk
+@njit
 def sample_key(seed, epoch, index):
     """The key of one sample's draws in one epoch."""
     key = _mix(np.uint64(seed) + _GOLDEN)
@@ -53,20 +58,23 @@ def sample_key(seed, epoch, index):
     return _mix(key ^ np.uint64(index))
 
 
-@njit(cache=True)
+@on_disk
+@njit
 def uniform(key, n):
     """The ``n``-th uniform draw in [0, 1) of ``key``."""
     return np.float64(_mix(key + np.uint64(n + 1) * _GOLDEN) >> _S11) * _TO_UNIT
 
 
-@njit(cache=True)
+@on_disk
+@njit
 def state_key(address, index):
     """The key of sample ``index`` under the (seed, epoch) stored at ``address``."""
     return sample_key(_load_int64(np.int64(address), np.int64(0)),
                       _load_int64(np.int64(address), np.int64(1)), index)
 
 
-@njit(cache=True)
+@on_disk
+@njit
 def random_crop(height, width, scale, ratio, key):
     """RandomResizedCrop's box (i, j, h, w) from ``key``: area fraction uniform in ``scale``,
     log aspect uniform in ``ratio``, 10 tries, then the central crop clamped to ``ratio``."""
@@ -91,7 +99,8 @@ def random_crop(height, width, scale, ratio, key):
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-@njit(cache=True)
+@on_disk
+@njit
 def flip_draw(key, flip_prob):
     """Whether this sample is mirrored."""
     return flip_prob > 0 and uniform(key, FLIP_DRAW) < flip_prob

@@ -23,12 +23,21 @@ print(json.dumps([sum(d.stats.cache_hits.values()) for d in (
 """
 
 
+def cache_hits(probe: str, env: dict) -> list[int]:
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_numba_code_is_compiled_once_then_loaded(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))  # numba's own setting: a fresh cache
-    hits = []
-    for _ in range(2):
-        done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
-                              text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-2000:]
-        hits.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    hits = [cache_hits(PROBE, env) for _ in range(2)]
     assert hits == [[0] * 5, [1] * 5]  # compiled and stored, then loaded
+
+
+def test_without_a_writable_cache_folder_the_code_still_compiles_and_runs():
+    """A read-only install with no writable home: numba finds no cache folder, where
+    ``@njit(cache=True)`` would fail the import."""
+    no_folder = "from numba.core import caching\ncaching.CacheImpl._locator_classes = []\n"
+    assert cache_hits(no_folder + PROBE, dict(os.environ)) == [0] * 5
