@@ -280,7 +280,7 @@ def run_rounds(writers: list[str], args, data_dir: Path, work: Path, src: dict,
 def marginal(rounds: list, n: int, k: int) -> dict:
     """Rate and CPU per photo of the ``n - k`` photos a full write has beyond the small one:
     the median over rounds of (full - small) data-stage seconds and CPU seconds."""
-    pairs = [(r, r["small"]) for r in rounds if r is not None and r.get("small")]
+    pairs = [(r, r["small"]) for r in rounds if r.get("small")]  # the rounds that wrote both
     if not pairs or n <= k:
         return {}
     med = statistics.median

@@ -94,13 +94,14 @@ def photos_dir(tmp_path_factory):
         out / "photos", images=60, classes=3, val_images=30)) / "photos"
 
 
-def _write_digits(tmp_path_factory, name, digits_dir, **kwargs):
+def _write_digits(tmp_path_factory, name, digits_dir, subsets=(-1, -1)):
+    """(train.beton, val.beton) of ``digits_dir``, each of its subset's size (-1: all)."""
     from ffcv_utils.writer import write_split
 
     def build(out):
-        for split in ("train", "val"):
+        for split, subset in zip(("train", "val"), subsets):
             write_split(digits_dir, split, out / f"{split}.beton", max_resolution=32,
-                        num_workers=2, progress=False, **kwargs.get(split, {}))
+                        num_workers=2, progress=False, subset=subset)
 
     out = built_once(tmp_path_factory, name, build)
     return out / "train.beton", out / "val.beton"
@@ -116,8 +117,7 @@ def digits_betons(tmp_path_factory, digits_dir):
 def small_digits_betons(tmp_path_factory, digits_dir):
     """(train.beton, val.beton) of 320 / 100 digits (all classes): runs whose subject is not
     learning take seconds an epoch (5 training batches of 64)."""
-    return _write_digits(tmp_path_factory, "small_digits_betons", digits_dir,
-                         train={"subset": 320}, val={"subset": 100})
+    return _write_digits(tmp_path_factory, "small_digits_betons", digits_dir, subsets=(320, 100))
 
 
 @pytest.fixture(scope="session")

@@ -195,13 +195,14 @@ def test_marginal_rate_is_the_median_difference_to_the_small_write():
         return {"data_s": data_s, "data_cpu_s": cpu,
                 "small": {"data_s": small_s, "data_cpu_s": small_cpu}}
 
-    rounds = [run(5.0, 9.0, 2.0, 3.0), run(4.0, 8.0, 2.0, 3.0), None,
-              run(9.0, 20.0, 2.0, 3.0), {"data_s": 1.0, "data_cpu_s": 1.0, "small": None}]
+    unpaired = {"data_s": 1.0, "data_cpu_s": 1.0, "small": None}  # its small write failed
+    rounds = [run(5.0, 9.0, 2.0, 3.0), run(4.0, 8.0, 2.0, 3.0), run(9.0, 20.0, 2.0, 3.0),
+              unpaired]
     got = marginal(rounds, 4000, 1000)
     assert got["small_images"] == 1000
     assert got["marginal_img_per_s"] == pytest.approx(3000 / 3.0)  # median of 3, 2, 7
     assert got["marginal_cpu_ms_per_img"] == pytest.approx(6.0 / 3000 * 1e3)  # of 6, 5, 17
-    assert marginal([None], 4000, 1000) == {}
+    assert marginal([unpaired], 4000, 1000) == {}
 
 
 def test_write_as_source_check_names_a_mismatch():

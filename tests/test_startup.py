@@ -13,8 +13,10 @@ import json
 import numpy as np
 import ffcv_utils, ffcv
 from numba.typed import typeddict
+from numba import njit
 from ffcv_utils import draws
-key = draws.state_key(draws.SampleRandom(0).address, np.int64(3))
+address = draws.SampleRandom(0).address  # captured as the decoders capture it: new each process
+key = njit(lambda i: draws.state_key(address, i))(np.int64(3))
 draws.random_crop(100, 120, np.array((0.08, 1.0)), np.array((0.75, 1.33)), key)
 draws.flip_draw(key, 0.5)
 print(json.dumps([sum(d.stats.cache_hits.values()) for d in (
