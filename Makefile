@@ -29,7 +29,7 @@ system-deps:
 $(STAMP): pyproject.toml setup.py ffcv_utils/csrc/fastjpeg.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test,watch,hf]'
+	$(PY) -m pip install -q -e '.[test,watch,hf,demo]'
 	@touch $(STAMP)
 
 demo: install

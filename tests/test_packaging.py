@@ -33,9 +33,10 @@ def _environment():
 
 def test_conda_and_pip_routes_name_the_same_runtime_packages():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    # the runtime dependencies plus the `watch` and `hf` extras (`make install` installs them)
+    # the runtime dependencies plus the extras `make install` installs (watch, hf, demo)
     extras = project["optional-dependencies"]
-    pip_route = {_name(d) for d in project["dependencies"] + extras["watch"] + extras["hf"]}
+    pip_route = {_name(d) for d in project["dependencies"] + extras["watch"] + extras["hf"]
+                 + extras["demo"]}
     env, conda, pip = _environment()
     conda_names = {CONDA_TO_PIP.get(_name(c), _name(c)) for c in conda} - CONDA_ONLY
     pip_names = {_name(p) for p in pip if not p.startswith("-e")}
