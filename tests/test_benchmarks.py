@@ -97,18 +97,19 @@ def test_render_fills_only_the_perf_block(loader_run, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "loader_cpu.csv").write_bytes(loader_run.read_bytes())
-    readme = tmp_path / "README.md"
-    readme.write_text("# Title\n\nintro\n\n<!-- perf:start -->\nSTALE-BLOCK\n<!-- perf:end -->\ntail\n")
-    render.main(["--results", str(results), "--readme", str(readme)])
-    text = readme.read_text()
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Title\n\nintro\n\n<!-- perf:start -->\nSTALE-BLOCK\n<!-- perf:end -->\ntail\n")
+    render.main(["--results", str(results), "--doc", str(doc)])
+    text = doc.read_text()
     assert text.startswith("# Title\n\nintro\n\n<!-- perf:start -->\n")
     assert text.endswith("<!-- perf:end -->\ntail\n")
     assert "STALE-BLOCK" not in text
     assert "| torchvision |" in text and "1.00×" in text
+    assert '<a id="loader_cpu"></a>' in text  # the docs link each table by its CSV's name
     df = pd.read_csv(loader_run)
     assert df.cpu_model.iloc[0] in text and df.date.iloc[0] in text
-    render.main(["--results", str(results), "--readme", str(readme)])
-    assert readme.read_text() == text  # idempotent
+    render.main(["--results", str(results), "--doc", str(doc)])
+    assert doc.read_text() == text  # idempotent
 
 
 @pytest.mark.slow  # loader_run: a process per ffcv loader row

@@ -3,7 +3,8 @@
 A few thousand calls with mutated real JPEGs, raw samples whose metadata lies about their size
 and random or out-of-range crops: each call returns a status (0 ok, 1 damaged, 2 refused or
 undecodable, all grey), every non-zero status is counted, and nothing crashes. The same calls
-under AddressSanitizer read nothing out of bounds (README, "What the decoder guarantees").
+under AddressSanitizer read nothing out of bounds (docs/reliability.md, "What the fast decoder
+guarantees").
 Then the specific hostile samples the ASan fuzzing found, one test each.
 """
 from __future__ import annotations

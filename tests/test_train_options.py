@@ -1,4 +1,4 @@
-"""Trainer options the README promises, each in a real one-epoch run on the small digits betons
+"""Trainer options the docs promise, each in a real one-epoch run on the small digits betons
 that starts from the shared run's trained weights at a tiny LR: what the run computes stays
 recognisable (well above chance, 0.1), which a broken decoder, precision or compiled model would
 not give. ``data.decoder ffcv`` (the stock decoders) trains and validates end to end;
