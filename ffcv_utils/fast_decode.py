@@ -13,7 +13,8 @@ Damaged JPEGs never stop the loader: they come out decoded as far as possible (o
 counted; ``take_failures()`` returns and resets the count of a decoder. Every sample is treated as
 untrusted (README, "What the decoder guarantees"): the C side gets each sample's stored size and
 refuses, grey and counted, raw samples shorter than their metadata, frames larger than it or than
-8192 x 8192 pixels, and non-positive sizes; crops are clamped into the image.
+8192 x 8192 pixels, and non-positive sizes; crops are clamped into the image. A resize that fails
+(out of memory) is grey and counted too, never the batch slot's previous pixels.
 """
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def decode_crop_resize(jpeg: np.ndarray, height: int, width: int, crop: tuple[in
                        fast_dct: bool = FAST_DCT, headroom: float = HEADROOM,
                        slot: int = _SLOTS - 1) -> tuple[np.ndarray, int]:
     """JPEG bytes -> (out_h, out_w, 3) uint8 of the crop (y, x, h, w), and the C status
-    (0 ok, 1 damaged: decoded as far as possible, 2 nothing decodable or refused: grey).
+    (0 ok, 1 damaged: decoded as far as possible, 2 nothing decodable, refused or not resized:
+    grey).
     Decodes into the per-thread scratch, as the pipeline does."""
     lib = library()
     jpeg = np.ascontiguousarray(jpeg, dtype=np.uint8).reshape(-1)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .images import load_rgb
+from .images import open_rgb
 from .pack import WriteError
 from .sources.base import Sample
 
@@ -83,7 +83,7 @@ class ImageJob:
             data = sample.read()
             if size is not None and stores_jpeg(self.write_mode, self.p, seed, *size):
                 return JpegBytes(data, *size), sample.label
-            image = load_rgb(data)
+            image = open_rgb(data)
         except Exception as e:
             raise WriteError(f"{sample.name} could not be read although it passed the check "
                              f"(did it change during the write?): {e}") from None

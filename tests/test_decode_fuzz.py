@@ -251,3 +251,50 @@ def test_progressive_stream_of_too_many_scans_is_refused(samples):
         hostile = np.frombuffer(b[:last] + scan * repeats + b"\xff\xd9", np.uint8)
         _, status = fast_decode.decode_crop_resize(hostile, h, w, (0, 0, h, w), (32, 32))
         assert status == expected, repeats
+
+
+# A child process: the batch slot holds the previous sample's pixels (7), then the sample is
+# decoded to a tall output under an address-space limit that leaves room for that output but
+# not for the resize's tables (16 bytes per output row): the resize fails.
+_FAILED_RESIZE = r"""
+import json, resource, sys
+import numpy as np
+from ffcv_utils import fast_decode
+lib, rows = fast_decode.library(), 20_000_000
+data = np.fromfile(sys.argv[1], np.uint8)
+h, w = int(sys.argv[2]), int(sys.argv[3])
+small = np.full((32, 32, 3), 7, np.uint8)
+slot = np.full((rows, 1, 3), 7, np.uint8)
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + (100 << 20), resource.RLIM_INFINITY))
+lib.fj_take_failures(5)
+ok = lib.fj_decode_crop_resize(data.ctypes.data, data.size, h, w, 0, 0, h, w, None, 0,
+                               small.ctypes.data, 32, 32, 0, 0, 2.5, 5)
+status = lib.fj_decode_crop_resize(data.ctypes.data, data.size, h, w, 0, 0, h, w, None, 0,
+                                   slot.ctypes.data, rows, 1, 0, 0, 2.5, 5)
+print(json.dumps({"ok": ok, "small_std": float(small.std()), "status": status,
+                  "values": np.unique(slot).tolist(), "failures": lib.fj_take_failures(5)}))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damaged", [False, True])
+def test_failed_resize_reports_failure_not_the_previous_pixels(samples, damaged, tmp_path):
+    """Before the fix the resize's failure was ignored: status 0 (or 1 for a truncated JPEG,
+    decoded as far as it goes) with the previous sample's pixels left in the output."""
+    import json
+    import subprocess
+    import sys
+
+    rgb, jpeg = samples[0]
+    if damaged:
+        jpeg = jpeg[:int(jpeg.size * 0.7)]          # libjpeg warns, fills the rest: status 1
+    path = tmp_path / "sample.jpg"
+    jpeg.tofile(path)
+    child = subprocess.run([sys.executable, "-c", _FAILED_RESIZE, str(path),
+                            *map(str, rgb.shape[:2])], capture_output=True, text=True, timeout=50)
+    assert child.returncode == 0, child.stderr
+    got = json.loads(child.stdout)
+    assert got["ok"] == (1 if damaged else 0) and got["small_std"] > 5  # the limit leaves room
+    assert got["status"] == 2 and got["values"] == [128]
+    assert got["failures"] == (2 if damaged else 1)  # the damaged one counts for both calls

@@ -16,8 +16,10 @@
  * height x width x 3 bytes their metadata claims, metadata sizes must be positive, crops are
  * clamped into the image (64-bit arithmetic), and a JPEG frame larger than its metadata or than
  * FJ_MAX_PIXELS is refused before libjpeg allocates for it. Refused samples are grey and counted
- * like damaged ones. Memory per thread is bounded: the scratch region <= FJ_MAX_PIXELS x 3 bytes
- * during a call (shrunk back under FJ_KEEP_BYTES after it), libjpeg's pools <= FJ_LIBJPEG_BYTES.
+ * like damaged ones, and so is a resize that fails (out of memory): its output is grey, never the
+ * previous sample's pixels left in the batch slot. Memory per thread is bounded: the scratch
+ * region <= FJ_MAX_PIXELS x 3 bytes during a call (shrunk back under FJ_KEEP_BYTES after it),
+ * libjpeg's pools <= FJ_LIBJPEG_BYTES.
  */
 #include <stdio.h>
 #include <stdint.h>
@@ -332,7 +334,8 @@ static void fit_crop_to_frame(j_decompress_ptr cinfo, int32_t *height, int32_t *
  * `tmp` (tmp_size bytes) holds the decoded region (height*width*3 bytes always suffice); NULL uses
  * a buffer kept per thread, which stays in cache from one image to the next. Returns 0 on
  * success, 1 when the JPEG was damaged (decoded as far as possible, rest grey), 2 when nothing
- * could be decoded or the sample was refused (all grey); both are counted in `slot`. -1: a
+ * could be decoded, the sample was refused or its resize failed (all grey); both are counted in
+ * `slot`. -1: a
  * non-positive output size (a caller's error). */
 int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, int32_t width,
                           int32_t crop_y, int32_t crop_x, int32_t crop_h, int32_t crop_w,
@@ -366,11 +369,13 @@ int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, in
         if (started && rows_read > 0) {
             int stride = buf_w * 3;
             fill_grey(buf + (int64_t)rows_read * stride, (int64_t)(buf_h - rows_read) * stride);
-            if (dst != NULL)
-                resize_box(buf, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw,
-                           dst, out_h, out_w, flip);
-            count_failure(slot);
             status = 1;
+            if (dst != NULL && resize_box(buf, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw,
+                                          dst, out_h, out_w, flip)) {
+                fill_grey(dst, (int64_t)out_h * out_w * 3);  /* not the previous sample's pixels */
+                status = 2;
+            }
+            count_failure(slot);
         } else {
             refuse(dst, out_h, out_w, slot);
         }
@@ -438,9 +443,13 @@ int fj_decode_crop_resize(const uint8_t *data, uint64_t size, int32_t height, in
     /* stop here: the rows below the crop are never decoded */
     jpeg_abort_decompress(&cinfo);
     jpeg_destroy_decompress(&cinfo);
-    if (dst != NULL)  /* NULL: decode only (benchmarks/profile_loader.py times the two apart) */
-        resize_box(buf, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw, dst, out_h, out_w, flip);
+    /* dst NULL: decode only (benchmarks/profile_loader.py times the two apart). A failed resize
+     * (out of memory for its tables) left dst as the previous sample wrote it: grey, counted. */
+    int resized_ok = dst == NULL
+        || resize_box(buf, buf_h, buf_w, stride, sy0, sx0 - region_x, sh, sw, dst, out_h, out_w,
+                      flip) == 0;
     shrink_thread_buffer();
+    if (!resized_ok) return refuse(dst, out_h, out_w, slot);
     if (err.warnings || rows_read < buf_h) {
         count_failure(slot);
         return 1;
