@@ -337,14 +337,15 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _check_entry(entry: os.DirEntry, root: str, visited: set) -> tuple[str | None, bool]:
-    """``(why the entry is skipped or None, whether it is a folder)``."""
+def _check_entry(entry: os.DirEntry, top: str, visited: set) -> tuple[str | None, bool]:
+    """``(why the entry is skipped or None, whether it is a folder)``; links must lead to
+    places inside ``top`` (a real path)."""
     try:
         st = entry.stat()
     except OSError as e:
         return f"unreadable ({e.strerror})", False
-    if entry.is_symlink() and not _inside(os.path.realpath(entry.path), root):
-        return "symbolic link to outside the data folder", False
+    if entry.is_symlink() and not _inside(os.path.realpath(entry.path), top):
+        return f"symbolic link to outside {top}", False
     if stat.S_ISDIR(st.st_mode):
         if (st.st_dev, st.st_ino) in visited:
             return "folder already visited (a symbolic link loop?)", True
@@ -373,12 +374,12 @@ def walk_files(top: str | Path, root: str | Path | None = None
                ) -> tuple[list[str], list[tuple[str, str]]]:
     """The visible regular files under ``top`` (paths that start with ``top``) in torchvision
     ``ImageFolder`` order (folders by path, files by name), and ``(path, why)`` for every entry
-    skipped. Symbolic links are followed only to places inside ``root`` (default ``top``), and
-    into each folder once, so a link to a parent ends there."""
-    top = str(top)
-    root = os.path.realpath(top if root is None else root)
-    if not _inside(os.path.realpath(top), root):
-        return [], [(top, "symbolic link to outside the data folder")]
+    skipped. ``top`` must lie inside ``root`` (a class folder in its split: default ``top``);
+    symbolic links below it are followed only to places inside ``top`` (so a class never
+    takes another's images) and into each folder once."""
+    top, real = str(top), os.path.realpath(top)
+    if root is not None and not _inside(real, os.path.realpath(root)):
+        return [], [(top, f"symbolic link to outside {root}")]
     st = os.stat(top)
     visited, stack, folders, skipped, seen = {(st.st_dev, st.st_ino)}, [top], [], [], 0
     while stack:
@@ -391,7 +392,7 @@ def walk_files(top: str | Path, root: str | Path | None = None
         seen += n
         files = []
         for entry in entries:
-            why, is_dir = _check_entry(entry, root, visited)
+            why, is_dir = _check_entry(entry, real, visited)
             if why is not None:
                 skipped.append((entry.path, why))
             else:
