@@ -5,6 +5,7 @@ sparse members, decompression bombs, FIFOs, /dev/zero, link loops, files from ou
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import shutil
 import subprocess
@@ -117,6 +118,31 @@ def one_line_error(r: subprocess.CompletedProcess, expect: str) -> None:
 # --------------------------------------------------------------------- tars
 
 
+@pytest.mark.parametrize("form", ["USTAR_FORMAT", "GNU_FORMAT", "PAX_FORMAT"])
+def test_honest_tars_read_as_tarfile_reads_them(form, tmp_path):
+    """Long names (ustar prefix, GNU ``L``, pax ``path``), folders, links: the same regular
+    members at the same offsets as tarfile finds; links reported, folders not."""
+    path = tmp_path / "t.tar"
+    long = "d" * 90 + "/" + "n" * 60 + ".JPEG"
+    with tarfile.open(path, "w", format=getattr(tarfile, form)) as tar:
+        for name, data in (("a.JPEG", b"a" * 700), (long, b"long"), ("z/e.JPEG", b"")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.JPEG")
+        link.type, link.linkname = tarfile.SYMTYPE, "a.JPEG"
+        folder = tarfile.TarInfo("z")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(link)
+        tar.addfile(folder)
+    members, skipped = scan_tar(path)
+    with tarfile.open(path) as tar:
+        expected = [(i.name, i.offset_data, i.size) for i in tar if i.isfile()]
+    assert [(m.name, m.offset, m.size) for m in members] == expected
+    assert [m.name for m in members] == ["a.JPEG", long, "z/e.JPEG"]
+    assert skipped == [(f"{path}:link.JPEG", "not a regular file (symbolic link member)")]
+
+
 @pytest.mark.parametrize("kind", NEGATIVE)
 def test_a_negative_member_size_is_refused_not_looped_on(kind, photos_dir, archives, tmp_path):
     tar = tmp_path / "ILSVRC2012_img_val.tar"
@@ -127,7 +153,8 @@ def test_a_negative_member_size_is_refused_not_looped_on(kind, photos_dir, archi
 
 def test_a_negative_size_through_the_command_line(photos_dir, archives, tmp_path):
     tar = tmp_path / "ILSVRC2012_img_val.tar"
-    tar.write_bytes(val_members(photos_dir) + header("x.JPEG", size_field=NEGATIVE["base-256 -512"]) + END)
+    negative = header("x.JPEG", size_field=NEGATIVE["base-256 -512"])
+    tar.write_bytes(val_members(photos_dir) + negative + END)
     out = tmp_path / "val.beton"
     r = run_writer("--split", "val", "--cfg.data_dir", tar, "--cfg.write_path", out,
                    "--cfg.devkit", archives / "ILSVRC2012_devkit_t12.tar.gz")
@@ -249,7 +276,7 @@ def _shard(path: Path, photos_dir, labels: list[int]) -> None:
             for field, data in (("jpg", f.read_bytes()), ("cls", str(label).encode())):
                 info = tarfile.TarInfo(f"s{i:04d}.{field}")
                 info.size = len(data)
-                tar.addfile(info, __import__("io").BytesIO(data))
+                tar.addfile(info, io.BytesIO(data))
 
 
 def test_a_cls_label_of_five_million_is_refused(photos_dir, tmp_path):
@@ -363,3 +390,18 @@ def test_a_parquet_row_without_bytes_never_reads_its_path(photos_dir, tmp_path):
     assert [name.split(" row ")[1][:1] for name, _ in source.skipped] == ["2", "3"]
     assert {why for _, why in source.skipped} == {
         f"no image bytes; its path is outside --cfg.hf_path_root {root.resolve()}"}
+
+
+def test_member_and_entry_caps_end_a_scan_in_one_line(photos_dir, tmp_path, monkeypatch):
+    from ffcv_utils.sources import untrusted
+
+    monkeypatch.setattr(untrusted, "MEMBERS_CAP", 5)
+    tar = tmp_path / "val.tar"
+    tar.write_bytes(val_members(photos_dir) + END)
+    with pytest.raises(UserError, match=r"val\.tar: more than 5 members"):
+        scan_tar(tar)
+    monkeypatch.setattr(untrusted, "ENTRIES_CAP", 3)
+    for i in range(4):
+        (tmp_path / "many" / str(i)).mkdir(parents=True)
+    with pytest.raises(UserError, match=r"more than 3 entries under .*many"):
+        walk_files(tmp_path / "many")

@@ -198,13 +198,14 @@ def _members(region: _Region) -> Iterator[Member]:
         data = offset + BLOCK
         if flag == b"S":
             data += _sparse_blocks(region, block, where, offset)
-        if "size" in ext:
+        extension = flag in (b"x", b"g", b"L", b"K")
+        if "size" in ext and not extension:  # a pax size is the next member's
             if not ext["size"].isdigit() or len(ext["size"]) > 19:
                 raise _damaged(where, offset, f"bad pax size {ext['size'][:40]!r}")
             size = int(ext["size"])
         if not region.fits(data + size):
             raise _damaged(where, offset, f"member of {size} bytes runs past the end")
-        if flag in (b"x", b"g", b"L", b"K"):
+        if extension:
             _extension(region, flag, size, where, offset, ext if flag != b"g" else {})
         else:
             yield _member(name, flag, size, ext, region.start + data)

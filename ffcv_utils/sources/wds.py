@@ -1,7 +1,7 @@
 """webdataset shards (timm's ``imagenet-1k-wds`` and kin), read with ``untrusted``'s bounded tar
-scan: each shard is a tar whose members are grouped into samples by key (the path up to the first dot of the file
-name, webdataset's rule): ``<key>.jpg`` (or ``jpeg``/``png``/``webp``), ``<key>.cls`` (the label)
-and often ``<key>.json``.
+scan: each shard is a tar whose members are grouped into samples by key (the path up to the
+first dot of the file name, webdataset's rule): ``<key>.jpg`` (or ``jpeg``/``png``/``webp``),
+``<key>.cls`` (the label) and often ``<key>.json``.
 
 One header scan of every shard reads the small ``cls`` and ``json`` members and records where
 each image lies, so the count and the classes are known before an image is read. Class names
