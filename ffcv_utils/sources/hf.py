@@ -83,7 +83,10 @@ def _local_file(path: str | None, root: Path | None) -> tuple[str | None, str | 
     if root is None:
         return ("no image bytes; its path is not read unless --cfg.hf_path_root names the "
                 "folder paths are relative to"), None
-    file = (root / path).resolve()
+    try:
+        file = (root / path).resolve()
+    except (OSError, ValueError) as e:  # a NUL in the path, a link loop
+        return f"no image bytes; its path cannot be resolved ({e})", None
     if not file.is_relative_to(root):
         return f"no image bytes; its path is outside --cfg.hf_path_root {root}", None
     return None, str(file)
@@ -125,10 +128,9 @@ class HFSource(ScannedSource):
         self._items, self.skipped = [], []
         root = None if path_root is None else Path(path_root).expanduser().resolve()
         for row, (data, path) in enumerate(_stored(ds.data.column(self.image_column))):
-            where = self.where(row) + (f" ({path})" if path else "")
             why, file = (None, None) if data else _local_file(path, root)
             if why:
-                self.skipped.append((where, why))
+                self.skipped.append((self.where(row) + (f" ({path})" if path else ""), why))
             else:
                 self._items.append((int(labels[row]), row, file))
         self._ds = ds.select_columns([self.image_column]).cast_column(
