@@ -12,6 +12,7 @@ from fastargs.validation import And, InRange, OneOf
 
 from .cli import UserError
 from .config import FLAG, FLOAT, INT, TEXT, check_types, collect
+from .sources.scanned import MAX_CLASSES
 from .writer import (DEFAULT_DATA_DIR, DEFAULT_WRITE_PATH, PUBLISHED, SPLITS, WRITE_MODES,
                      Terminated, WriteError, format_summary, write_split)
 
@@ -50,10 +51,14 @@ PARAMS = {  # name: (checker, description, default)
     "hf_split": (TEXT, "its split (default: train, or validation for --split val)", None),
     "hf_image_column": (TEXT, "its image column (default: the first Image feature)", None),
     "hf_label_column": (TEXT, "its label column (default: the first ClassLabel)", None),
+    "hf_path_root": (TEXT, "folder that the paths of its rows without image bytes are "
+                           "relative to (default: such rows are skipped, never read)", None),
     "wds_shards": (TEXT, "webdataset .tar shards: a folder or a brace pattern", None),
+    "max_classes": (POS_INT, "refuse a source with more classes than this (a damaged label "
+                             "file or .cls)", MAX_CLASSES),
 }
 SOURCE_KEYS = ("val_labels", "devkit", "hf_dataset", "hf_split", "hf_image_column",
-               "hf_label_column", "wds_shards")
+               "hf_label_column", "hf_path_root", "wds_shards", "max_classes")
 
 
 def help_text() -> str:

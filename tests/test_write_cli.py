@@ -95,7 +95,7 @@ def _config(tmp_path, name, text):
 @pytest.mark.parametrize("case", [
     "missing_dir", "no_class_folders", "unwritable_output", "bad_write_mode",
     "misspelt_yaml_key", "misspelt_json_key", "misspelt_cli_flag", "no_split", "split_clash",
-    "bad_int", "missing_config_file",
+    "bad_int", "missing_config_file", "zero_max_classes",
 ])
 def test_cli_errors_are_one_line_without_traceback(case, tmp_path, flat_dir, good_dir):
     out = tmp_path / "out.beton"
@@ -121,6 +121,7 @@ def test_cli_errors_are_one_line_without_traceback(case, tmp_path, flat_dir, goo
         "split_clash": (base + ["--cfg.split", "val"], "disagree"),
         "bad_int": (base + ["--cfg.max_resolution", "big"], "cfg.max_resolution"),
         "missing_config_file": (base + ["-C", tmp_path / "none.yaml"], "none.yaml"),
+        "zero_max_classes": (base + ["--cfg.max_classes", "0"], "cfg.max_classes"),
     }[case]
     r = _run(args, cwd=tmp_path, timeout=60)
     assert r.returncode != 0

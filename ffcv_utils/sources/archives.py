@@ -1,57 +1,35 @@
 """ImageNet's official archives read in place: ``ILSVRC2012_img_train.tar`` (one tar per class
 inside) and ``ILSVRC2012_img_val.tar`` (flat JPEGs), without extracting ~150 GB.
 
-A header scan records where each image's bytes lie in the archive file (headers only: the data
-is seeked past), so the count is known before any image is read and iterating is one sequential
-pass of seeks and reads with no temporary files. Archives must be uncompressed regular files
-(ImageNet's are); a compressed tar cannot be seeked in.
+A header scan (``untrusted``: bounded, never ``tarfile``) records where each image's bytes lie
+in the archive file (headers only: the data is seeked past), so the count is known before any
+image is read and iterating is one sequential pass of seeks and reads with no temporary files.
+Archives must be uncompressed regular files (ImageNet's are); a compressed tar cannot be
+seeked in.
 """
 from __future__ import annotations
 
-import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..cli import UserError
 from .base import Sample
 from .scanned import ScannedSource
+from .untrusted import Member, open_tar, read_at, scan_tar, skip_reason, tar_members
+
+__all__ = ["Member", "scan_tar", "scan_nested", "read_members", "TarClassesSource"]
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
-    """A regular file inside an archive: its name and where its bytes lie in the archive."""
-
-    name: str
-    offset: int
-    size: int
-
-
-def _members(tar: tarfile.TarFile, base: int = 0, prefix: str = "") -> list[Member]:
+def _inner_members(f, outer: Member, where: str, skipped: list) -> list[Member]:
+    """The regular files of a class tar lying at ``outer`` in the file ``f``."""
     out = []
-    for info in tar:  # TarFile iteration reads a header, then seeks past the data
-        if info.isfile():
-            name = info.name[2:] if info.name.startswith("./") else info.name
-            out.append(Member(prefix + name, base + info.offset_data, info.size))
+    for m in tar_members(f, where, outer.offset, outer.size):
+        why = skip_reason(m)
+        if why is None:
+            out.append(m)
+        elif why:
+            skipped.append((f"{where}:{m.name}", why))
     return out
-
-
-def open_tar(path: Path, fileobj=None) -> tarfile.TarFile:
-    try:
-        return tarfile.open(path, mode="r:", fileobj=fileobj)
-    except (tarfile.TarError, OSError) as e:
-        why = getattr(e, "strerror", None) or "not an uncompressed tar archive"
-        raise UserError(f"cannot read {path} as a tar archive: {why}") from None
-
-
-def scan_tar(path: str | Path) -> list[Member]:
-    """The regular files of an uncompressed tar, in archive order."""
-    path = Path(path)
-    with open_tar(path) as tar:
-        try:
-            return _members(tar)
-        except tarfile.TarError as e:
-            raise UserError(f"{path}: damaged tar archive ({e})") from None
 
 
 def scan_nested(path: str | Path) -> tuple[list[tuple[str, list[Member]]], list[tuple[str, str]]]:
@@ -59,21 +37,22 @@ def scan_nested(path: str | Path) -> tuple[list[tuple[str, list[Member]]], list[
     are from the start of the outer file. Outer members that are not tars are skipped."""
     path = Path(path)
     inner, skipped = [], []
-    with open_tar(path) as outer:
-        for info in outer:
-            where = f"{path}:{info.name}"
-            if not info.isfile():
+    with open_tar(path) as f:
+        for m in tar_members(f, str(path)):
+            where = f"{path}:{m.name}"
+            if m.kind == "dir":
                 continue
-            if not info.name.endswith(".tar"):
-                skipped.append((where, "not a class archive (.tar)"))
+            if m.kind != "file" or not m.name.endswith(".tar"):
+                skipped.append((where, skip_reason(m) or "not a class archive (.tar)"))
                 continue
-            with open_tar(Path(where), fileobj=outer.extractfile(info)) as tar:
-                try:
-                    members = _members(tar, base=info.offset_data)
-                except tarfile.TarError as e:
-                    raise UserError(f"{where}: damaged tar archive ({e})") from None
-            inner.append((info.name, members))
+            inner.append((m.name, _inner_members(f, m, where, skipped)))
     return inner, skipped
+
+
+def first_member(path: str | Path) -> Member | None:
+    """The first regular file of an uncompressed tar (what kind of archive it is)."""
+    with open_tar(Path(path)) as f:
+        return next((m for m in tar_members(f, str(path)) if m.kind == "file"), None)
 
 
 def read_members(members: Iterable[tuple[Path, Member]]) -> Iterator[bytes]:
@@ -85,12 +64,8 @@ def read_members(members: Iterable[tuple[Path, Member]]) -> Iterator[bytes]:
             if path != current:
                 if f is not None:
                     f.close()
-                f, current = open(path, "rb"), path
-            f.seek(m.offset)
-            data = f.read(m.size)
-            if len(data) != m.size:
-                raise UserError(f"{path}:{m.name}: archive ends early (did it change?)")
-            yield data
+                f, current = open_tar(path), path
+            yield read_at(f, m, f"{path}:{m.name}")
     finally:
         if f is not None:
             f.close()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
+
+from .untrusted import read_regular
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,11 @@ class Sample:
     path: str | None = None
 
     def read(self) -> bytes:
+        """The encoded image; a path that is no longer a regular file of sane size (a FIFO,
+        a device, swapped in since the scan) raises OSError, which the check reports."""
         if self.data is not None:
             return self.data
-        return Path(self.path).read_bytes()
+        return read_regular(self.path)
 
 
 class Source(abc.ABC):

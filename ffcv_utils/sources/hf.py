@@ -3,12 +3,15 @@ accepts, a Hub name already in the local cache or a local folder of parquet shar
 
 The image column is the first ``Image`` feature and the label the first ``ClassLabel`` unless
 named; class names are the ClassLabel's (``"tench, Tinca tinca"``). Images are read as the
-stored bytes (the column cast with ``decode=False``), never decoded here. Unlabelled rows
+stored bytes (the column cast with ``decode=False``), never decoded here. A row without bytes
+is skipped and reported: its ``path`` is read only under ``path_root`` (``--cfg.hf_path_root``),
+the folder the user says such paths are relative to, and never outside it. Unlabelled rows
 (label -1, as in ImageNet's test split) are refused before anything is written. ``datasets`` is
 an optional extra: ``pip install -e '.[hf]'``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -56,13 +59,47 @@ def _load(dataset: str, split: str, cache_dir: str | None):
                         f"{first}") from None
 
 
+def _stored(column) -> Iterator[tuple[bool, str | None]]:
+    """``(has bytes, path)`` of each row of an Image column's arrow storage (a struct of
+    ``bytes`` and ``path``), without reading the images' bytes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for chunk in column.chunks:
+        if not pa.types.is_struct(chunk.type):
+            yield from ((True, None) for _ in range(len(chunk)))
+            continue
+        data = pc.is_valid(chunk.field("bytes")).to_pylist()
+        names = (chunk.field("path").to_pylist() if chunk.type.get_field_index("path") >= 0
+                 else [None] * len(chunk))
+        yield from zip(data, names)
+
+
+def _local_file(path: str | None, root: Path | None) -> tuple[str | None, str | None]:
+    """``(why the row is skipped, None)`` or ``(None, the file to read)`` for a row that
+    stores no image bytes: its ``path`` is read only inside ``root``."""
+    if not path:
+        return "no image bytes and no path", None
+    if root is None:
+        return ("no image bytes; its path is not read unless --cfg.hf_path_root names the "
+                "folder paths are relative to"), None
+    try:
+        file = (root / path).resolve()
+    except (OSError, ValueError) as e:  # a NUL in the path, a link loop
+        return f"no image bytes; its path cannot be resolved ({e})", None
+    if not file.is_relative_to(root):
+        return f"no image bytes; its path is outside --cfg.hf_path_root {root}", None
+    return None, str(file)
+
+
 class HFSource(ScannedSource):
     """One split of a Hugging Face dataset, in row order. ``classes`` (the train class list,
     named in messages as ``class_source``) sets the label order by the ClassLabel's names."""
 
     def __init__(self, dataset: str, split: str, *, image_column: str | None = None,
                  label_column: str | None = None, classes: list[str] | None = None,
-                 class_source: str | None = None, cache_dir: str | None = None):
+                 class_source: str | None = None, cache_dir: str | None = None,
+                 path_root: str | Path | None = None):
         datasets = _datasets()
         self.dataset, self.split = str(dataset), split
         ds = _load(self.dataset, split, cache_dir)
@@ -88,26 +125,32 @@ class HFSource(ScannedSource):
                 raise UserError(f"class {unknown[0]!r} of {self.dataset} is not in the class "
                                 f"list from {class_source} ({len(unknown)} such classes)")
             labels = np.array([index.get(n, -1) for n in names], dtype=np.int64)[labels]
-        self._items = [(int(label), row) for row, label in enumerate(labels)]
+        self._items, self.skipped = [], []
+        root = None if path_root is None else Path(path_root).expanduser().resolve()
+        for row, (data, path) in enumerate(_stored(ds.data.column(self.image_column))):
+            why, file = (None, None) if data else _local_file(path, root)
+            if why:
+                self.skipped.append((self.where(row) + (f" ({path})" if path else ""), why))
+            else:
+                self._items.append((int(labels[row]), row, file))
         self._ds = ds.select_columns([self.image_column]).cast_column(
             self.image_column, datasets.Image(decode=False))
-        self.skipped: list[tuple[str, str]] = []
 
     def where(self, row: int) -> str:
         return f"{self.dataset} split {self.split} row {row}"
 
     def __iter__(self) -> Iterator[Sample]:
-        rows = [row for _, row in self._items]
+        rows = [row for _, row, _ in self._items]
         ds = self._ds if rows == list(range(len(self._ds))) else self._ds.select(rows)
         images = (image for batch in ds.iter(batch_size=BATCH)
                   for image in batch[self.image_column])
-        for (label, row), image in zip(self._items, images):
-            data, path = image.get("bytes"), image.get("path")
+        for (label, row, file), image in zip(self._items, images):
+            path = image.get("path")
             name = self.where(row) + (f" ({path})" if path else "")
-            if data is None and path:
-                yield Sample(name, label, path=path)
-            else:  # no bytes and no path: an empty file, which the writer skips
-                yield Sample(name, label, data=data or b"")
+            if file is not None:
+                yield Sample(name, label, path=file)
+            else:
+                yield Sample(name, label, data=image.get("bytes") or b"")
 
     def describe(self) -> str:
         return f"Hugging Face dataset {self.dataset} (split {self.split})"

@@ -3,8 +3,9 @@ when ``data_dir`` is the split folder itself.
 
 Classes are the sorted sub-folder names (torchvision order), or a given list (val takes train's,
 so the labels of the two splits cannot drift apart): a folder outside that list is refused, a
-class without a folder keeps its label with 0 images. Every visible file is a candidate, in
-torchvision ``ImageFolder`` order; whether it is an image is decided later by decoding it.
+class without a folder keeps its label with 0 images. Every visible regular file is a
+candidate, in torchvision ``ImageFolder`` order (walked by ``untrusted.walk_files``, which
+reports what it skips); whether it is an image is decided later by decoding it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..cli import UserError
 from .base import Sample, Source
+from .untrusted import visible, walk_files
 
 SPLITS = ("train", "val")
 
@@ -35,13 +37,9 @@ def resolve_split_dir(data_dir: str | Path, split: str) -> Path:
     return root
 
 
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
-
-
 def list_classes(split_dir: Path) -> list[str]:
     try:
-        entries = [e for e in os.scandir(split_dir) if _visible(e.name)]
+        entries = [e for e in os.scandir(split_dir) if visible(e.name)]
         names = [e.name for e in entries if e.is_dir()]
     except OSError as e:
         raise UserError(f"cannot read {split_dir}: {e.strerror}") from None
@@ -52,15 +50,6 @@ def list_classes(split_dir: Path) -> list[str]:
         raise UserError(f"no class folders in {split_dir} "
                         f"(expected {split_dir}/<class name>/<image files>){hint}")
     return sorted(names)
-
-
-def list_files(class_dir: Path) -> list[str]:
-    """Every visible file under ``class_dir`` in torchvision ``ImageFolder`` order."""
-    out = []
-    for root, dirs, files in sorted(os.walk(class_dir, followlinks=True)):
-        dirs[:] = [d for d in dirs if _visible(d)]
-        out.extend(os.path.join(root, f) for f in sorted(files) if _visible(f))
-    return out
 
 
 class ImageFolder(Source):
@@ -79,8 +68,12 @@ class ImageFolder(Source):
         if classes is not None:
             self._check_folders(folders, class_source)
         self._folders = set(folders)
-        self._files = [list_files(self.root / c) if c in self._folders else []
-                       for c in self.classes]
+        self._files = []
+        for c in self.classes:
+            files, skipped = (walk_files(self.root / c, self.root) if c in self._folders
+                              else ([], []))
+            self._files.append(files)
+            self.skipped += [(os.path.relpath(f, self.root), why) for f, why in skipped]
 
     def _check_folders(self, folders: list[str], class_source: str | None) -> None:
         known = set(self.classes)

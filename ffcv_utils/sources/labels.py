@@ -13,7 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tarfile
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -22,11 +23,13 @@ from ..cli import UserError
 from .archives import Member, read_members, scan_tar
 from .base import Sample
 from .scanned import ScannedSource
+from .untrusted import find_in_tar, read_regular, walk_files
 
 KAGGLE_HEADER = ("ImageId", "PredictionString")
 KAGGLE_SYNSETS = "LOC_synset_mapping.txt"
 DEVKIT_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
 DEVKIT_META = "data/meta.mat"
+TEXT_CAP = 64 << 20  # bytes of a labels file or a devkit file (Kaggle's CSV is 3 MB)
 
 
 @dataclass
@@ -53,22 +56,40 @@ def class_index(classes: list[str]) -> dict[str, int]:
     return {c: i for i, c in enumerate(classes)}
 
 
+def _read_text(path: Path, what: str) -> str:
+    """A labels file as text: a regular file of at most ``TEXT_CAP`` bytes, in UTF-8."""
+    try:
+        return read_regular(path, TEXT_CAP).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise UserError(f"cannot read {what} {path}: {why}") from None
+
+
 def read_synset_mapping(path: Path) -> list[str]:
     """Kaggle's ``LOC_synset_mapping.txt`` (``<wnid> <words>`` a line) -> sorted wnids."""
-    return sorted(line.split()[0] for line in path.read_text().splitlines() if line.strip())
+    text = _read_text(path, "synset mapping")
+    return sorted(line.split()[0] for line in text.splitlines() if line.strip())
+
+
+def _csv_rows(path: Path, text: str):
+    """``(line number, fields)`` of a CSV; a malformed line is refused naming it."""
+    reader = csv.reader(io.StringIO(text))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise UserError(f"{path} line {reader.line_num}: not a CSV line ({e})") from None
+        yield reader.line_num, row
 
 
 def read_labels_csv(path: str | Path) -> Labels:
     """Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString``, the wnid first in each
     prediction) or a CSV of ``file,class`` (an optional ``file,class`` header)."""
     path = Path(path).expanduser()
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        why = getattr(e, "strerror", None) or e
-        raise UserError(f"cannot read labels file {path}: {why}") from None
     rows, kaggle = {}, False
-    for n, row in enumerate(csv.reader(io.StringIO(text)), 1):
+    for n, row in _csv_rows(path, _read_text(path, "labels file")):
         if not row or not "".join(row).strip():
             continue
         if n == 1 and tuple(c.strip() for c in row) == KAGGLE_HEADER:
@@ -95,35 +116,58 @@ def read_labels_csv(path: str | Path) -> Labels:
 
 
 def _devkit_file(devkit: Path, rel: str) -> bytes:
-    """One file of the devkit, a folder (``data/`` in it or one level down) or its tar.gz."""
+    """One file of the devkit, a folder (``data/`` in it or one level down) or its tar.gz
+    (read as a stream with bounded decompression: ``untrusted.find_in_tar``)."""
     if devkit.is_dir():
         for base in [devkit, *sorted(p for p in devkit.iterdir() if p.is_dir())]:
             if (base / rel).is_file():
-                return (base / rel).read_bytes()
+                try:
+                    return read_regular(base / rel, TEXT_CAP)
+                except OSError as e:
+                    raise UserError(f"cannot read devkit file {base / rel}: "
+                                    f"{e.strerror or e}") from None
     elif devkit.is_file():
-        try:
-            with tarfile.open(devkit, "r:*") as tar:
-                for info in tar:
-                    if info.isfile() and (info.name == rel or info.name.endswith("/" + rel)):
-                        return tar.extractfile(info).read()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise UserError(f"cannot read devkit {devkit}: {e}") from None
+        data = find_in_tar(devkit, lambda n: n == rel or n.endswith("/" + rel), TEXT_CAP)
+        if data is not None:
+            return data
     else:
         raise UserError(f"devkit not found: {devkit}")
     raise UserError(f"devkit {devkit} has no {rel}")
+
+
+def _check_mat(meta: bytes, where: str) -> None:
+    """A MAT-file v5's compressed variables must inflate to at most ``TEXT_CAP`` bytes:
+    scipy inflates each whole, so a small meta.mat could otherwise expand to gigabytes."""
+    order = {b"IM": "<", b"MI": ">"}.get(meta[126:128])
+    pos = 128
+    while order and pos + 8 <= len(meta):
+        kind, size = struct.unpack_from(order + "II", meta, pos)
+        if kind == 15:  # miCOMPRESSED
+            inflate = zlib.decompressobj()
+            try:
+                inflate.decompress(meta[pos + 8:pos + 8 + size], TEXT_CAP)
+            except zlib.error as e:
+                raise UserError(f"{where}: damaged compressed variable ({e})") from None
+            if inflate.unconsumed_tail:
+                raise UserError(f"{where}: a compressed variable expands to more than "
+                                f"{TEXT_CAP >> 20} MiB")
+        pos += 8 + (size if kind == 15 else -(-size // 8) * 8)
 
 
 def _leaf_synsets(meta: bytes, where: str) -> dict[int, str]:
     """ILSVRC2012_ID -> wnid of the 1,000 leaf synsets in the devkit's ``meta.mat``."""
     import scipy.io
 
+    _check_mat(meta, where)
     try:
         synsets = scipy.io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
         fields = zip(synsets["ILSVRC2012_ID"], synsets["WNID"], synsets["num_children"])
         return {int(i): str(w) for i, w, kids in fields if int(kids) == 0}
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise UserError(f"{where}: not a devkit meta.mat (a 'synsets' struct with "
-                        f"ILSVRC2012_ID, WNID, num_children): {e}") from None
+    except Exception as e:  # scipy's reader fails in many ways on a damaged file
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{where}: not a readable devkit meta.mat (a 'synsets' struct with "
+                        f"ILSVRC2012_ID, WNID, num_children): {type(e).__name__}: "
+                        f"{first}") from None
 
 
 def read_devkit(devkit: str | Path) -> Labels:
@@ -139,7 +183,7 @@ def read_devkit(devkit: str | Path) -> Labels:
         try:
             wnid = synsets[int(line)]
         except ValueError:
-            raise UserError(f"{where}: expected an ILSVRC2012_ID, got {line!r}") from None
+            raise UserError(f"{where}: expected an ILSVRC2012_ID, got {line[:40]!r}") from None
         except KeyError:
             raise UserError(f"{where}: ILSVRC2012_ID {line.strip()} is not one of the leaf "
                             "synsets in meta.mat") from None
@@ -147,16 +191,6 @@ def read_devkit(devkit: str | Path) -> Labels:
     if not rows:
         raise UserError(f"{truth_name} is empty")
     return Labels(rows, truth_name, sorted(synsets.values()), f"{devkit}: {DEVKIT_META}")
-
-
-def _folder_files(root: Path) -> list[str]:
-    """Visible files under ``root`` as sorted paths relative to it (``a/b.jpg``)."""
-    out = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = Path(folder).relative_to(root)
-        out.extend((rel / f).as_posix() for f in files if not f.startswith("."))
-    return sorted(out)
 
 
 def _looks_like_image(name: str) -> bool:
@@ -197,10 +231,16 @@ class LabelledSource(ScannedSource):
             raise UserError(f"no labelled images in {self.images}")
 
     def _entries(self) -> list[tuple[str, Member | None]]:
+        """``(name under the images' root, member or None)`` of every candidate, sorted for
+        a folder, in archive order for a tar; what the scan skips goes to ``skipped``."""
         if self.images.is_dir():
-            return [(rel, None) for rel in _folder_files(self.images)]
+            files, skipped = walk_files(self.images)
+            self.skipped += skipped
+            return sorted((Path(f).relative_to(self.images).as_posix(), None) for f in files)
         if self.images.is_file():
-            return [(m.name, m) for m in scan_tar(self.images)]
+            members, skipped = scan_tar(self.images)
+            self.skipped += skipped
+            return [(m.name, m) for m in members]
         raise UserError(f"images not found: {self.images}")
 
     def _where(self, rel: str) -> str:

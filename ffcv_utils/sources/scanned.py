@@ -6,7 +6,18 @@ from __future__ import annotations
 import copy
 from typing import Iterable
 
+from ..cli import UserError
 from .base import Source
+
+MAX_CLASSES = 100_000  # --cfg.max_classes' default: ImageNet-21k has 21,841
+
+
+def check_class_count(count: int, max_classes: int, what: str) -> None:
+    """Refuse a class count above ``max_classes`` (``what`` says where it came from) before
+    a list of that many names is built."""
+    if count > max_classes:
+        raise UserError(f"{what} makes {count:,} classes, more than --cfg.max_classes "
+                        f"{max_classes:,} (raise it if the data set really has that many)")
 
 
 class ScannedSource(Source):

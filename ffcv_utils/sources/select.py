@@ -15,11 +15,11 @@
 """
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
 from ..cli import UserError
 from .base import Source
+from .scanned import MAX_CLASSES, check_class_count
 
 KAGGLE_DATA = Path("ILSVRC/Data/CLS-LOC")
 KAGGLE_LABELS = "LOC_val_solution.csv"
@@ -69,14 +69,8 @@ def _split_images(root: Path, split: str) -> Path:
     return root / split if (root / split).is_dir() else root
 
 
-def _first_member(path: Path) -> tarfile.TarInfo | None:
-    from .archives import open_tar
-
-    with open_tar(path) as tar:
-        return next((m for m in tar if m.isfile()), None)
-
-
-def _check_options(split, data_dir, val_labels, devkit, hf_dataset, hf_options, wds_shards):
+def _check_options(split, data_dir, val_labels, devkit, hf_dataset, hf_options, wds_shards,
+                   max_classes):
     if split not in ("train", "val"):
         raise UserError(f"split must be train or val, not {split!r}")
     chosen = [name for name, v in (("--cfg.hf_dataset", hf_dataset),
@@ -86,7 +80,10 @@ def _check_options(split, data_dir, val_labels, devkit, hf_dataset, hf_options, 
     if len(chosen) > 1:
         raise UserError(f"{chosen[0]} and {chosen[1]} name two sources; choose one")
     if any(hf_options) and not hf_dataset:
-        raise UserError("--cfg.hf_split and --cfg.hf_*_column need --cfg.hf_dataset")
+        raise UserError("--cfg.hf_split, --cfg.hf_*_column and --cfg.hf_path_root need "
+                        "--cfg.hf_dataset")
+    if not isinstance(max_classes, int) or max_classes < 1:
+        raise UserError(f"--cfg.max_classes must be a positive number, not {max_classes!r}")
     if (val_labels or devkit) and not data_dir:
         raise UserError(f"{chosen[0]} labels the images of --cfg.data_dir; give it")
 
@@ -95,23 +92,45 @@ def open_source(split: str, *, data_dir: str | Path | None = None,
                 val_labels: str | Path | None = None, devkit: str | Path | None = None,
                 hf_dataset: str | None = None, hf_split: str | None = None,
                 hf_image_column: str | None = None, hf_label_column: str | None = None,
-                wds_shards: str | None = None,
-                class_list: str | Path | list[str] | None = None) -> Source | None:
+                hf_path_root: str | Path | None = None, wds_shards: str | None = None,
+                class_list: str | Path | list[str] | None = None,
+                max_classes: int = MAX_CLASSES) -> Source | None:
     """The source the options name, scanned (count, classes, labels checked), or None when
     ``data_dir`` is an ImageFolder tree. ``class_list`` (the train classes: a list, a beton,
-    its sidecar or a text file) sets the label order; give it for val so labels agree."""
+    its sidecar or a text file) sets the label order; give it for val so labels agree. A
+    source of more than ``max_classes`` classes is refused."""
     _check_options(split, data_dir, val_labels, devkit, hf_dataset,
-                   (hf_split, hf_image_column, hf_label_column), wds_shards)
+                   (hf_split, hf_image_column, hf_label_column, hf_path_root), wds_shards,
+                   max_classes)
     classes, class_source = _class_list(class_list)
+    if classes is not None:
+        check_class_count(len(classes), max_classes, f"the class list from {class_source}")
+    source = _open(split, data_dir, val_labels, devkit, hf_dataset,
+                   dict(split=hf_split, image_column=hf_image_column,
+                        label_column=hf_label_column, path_root=hf_path_root),
+                   wds_shards, classes, class_source, max_classes)
+    if source is not None:
+        check_class_count(len(source.classes), max_classes, source.describe())
+    elif data_dir:
+        from .imagefolder import list_classes, resolve_split_dir
+
+        folder = resolve_split_dir(data_root(data_dir), split)
+        check_class_count(len(list_classes(folder)), max_classes, f"the class folders of {folder}")
+    return source
+
+
+def _open(split, data_dir, val_labels, devkit, hf_dataset, hf, wds_shards, classes,
+          class_source, max_classes) -> Source | None:
     if hf_dataset:
         from .hf import SPLIT_NAMES, HFSource
 
-        return HFSource(hf_dataset, hf_split or SPLIT_NAMES[split], image_column=hf_image_column,
-                        label_column=hf_label_column, classes=classes, class_source=class_source)
+        return HFSource(hf_dataset, hf["split"] or SPLIT_NAMES[split],
+                        image_column=hf["image_column"], label_column=hf["label_column"],
+                        classes=classes, class_source=class_source, path_root=hf["path_root"])
     if wds_shards:
         from .wds import WdsSource
 
-        return WdsSource(wds_shards, classes, class_source, split)
+        return WdsSource(wds_shards, classes, class_source, split, max_classes)
     if not data_dir:
         return None
     root = Path(data_dir).expanduser()
@@ -134,9 +153,9 @@ def open_source(split: str, *, data_dir: str | Path | None = None,
 
 
 def _archive_source(path: Path, classes, class_source) -> Source:
-    from .archives import TarClassesSource
+    from .archives import TarClassesSource, first_member
 
-    first = _first_member(path)
+    first = first_member(path)
     if first is None:
         raise UserError(f"no files in archive {path}")
     if not first.name.endswith(".tar"):

@@ -1,7 +1,7 @@
-"""webdataset shards (timm's ``imagenet-1k-wds`` and kin) read with ``tarfile``: each shard is a
-tar whose members are grouped into samples by key (the path up to the first dot of the file
-name, webdataset's rule): ``<key>.jpg`` (or ``jpeg``/``png``/``webp``), ``<key>.cls`` (the label)
-and often ``<key>.json``.
+"""webdataset shards (timm's ``imagenet-1k-wds`` and kin), read with ``untrusted``'s bounded tar
+scan: each shard is a tar whose members are grouped into samples by key (the path up to the
+first dot of the file name, webdataset's rule): ``<key>.jpg`` (or ``jpeg``/``png``/``webp``),
+``<key>.cls`` (the label) and often ``<key>.json``.
 
 One header scan of every shard reads the small ``cls`` and ``json`` members and records where
 each image lies, so the count and the classes are known before an image is read. Class names
@@ -11,17 +11,19 @@ come from the train class list when given, else from the ``json`` members (a ``c
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 from typing import Iterator
 
 from ..cli import UserError
-from .archives import Member, open_tar, read_members
+from .archives import Member, read_members
 from .base import Sample
-from .scanned import ScannedSource
+from .scanned import MAX_CLASSES, ScannedSource, check_class_count
+from .untrusted import open_tar, read_at, skip_reason, tar_members
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 NAME_KEYS = ("class_name", "wnid", "synset")
+FEW_CLASSES = 1000  # label numbers beyond this and 10x the samples need a class list
+SMALL_CAP = 1 << 20  # bytes of a .cls or .json member (they hold a number, a few names)
 
 
 def _of_split(paths: list[Path], split: str | None) -> list[Path]:
@@ -83,28 +85,28 @@ def _read_cls(data: bytes, where: str) -> int:
 
 def scan_shard(path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
     """The samples of one shard as dicts (key, image Member, label, class name), in shard
-    order, and the keys skipped for want of an image."""
+    order, and the members skipped (no image, not a regular file, too large)."""
     samples: dict[str, dict] = {}
-    with open_tar(path) as tar:
-        try:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, field = split_key(info.name)
-                s = samples.setdefault(key, {"key": key, "image": None, "label": None,
-                                             "name": None})
-                where = f"{path}:{info.name}"
-                if field in IMAGE_KEYS and s["image"] is None:
-                    s["image"] = Member(info.name, info.offset_data, info.size)
-                elif field == "cls":
-                    s["label"] = _read_cls(tar.extractfile(info).read(), where)
-                elif field == "json":
-                    s["name"] = _json_class(tar.extractfile(info).read(), where)
-        except tarfile.TarError as e:
-            raise UserError(f"{path}: damaged tar archive ({e})") from None
+    bad: list[tuple[str, str]] = []
+    with open_tar(path) as f:
+        for m in tar_members(f, str(path)):
+            where = f"{path}:{m.name}"
+            if (why := skip_reason(m)) is not None:
+                bad += [(where, why)] if why else []
+                continue
+            key, field = split_key(m.name)
+            s = samples.setdefault(key, {"key": key, "image": None, "label": None,
+                                         "name": None})
+            if field in IMAGE_KEYS and s["image"] is None:
+                s["image"] = m
+            elif field == "cls":
+                s["label"] = _read_cls(read_at(f, m, where, SMALL_CAP), where)
+            elif field == "json":
+                s["name"] = _json_class(read_at(f, m, where, SMALL_CAP), where)
     skipped = [(f"{path}:{k}", f"no image ({'/'.join(IMAGE_KEYS)})")
                for k, s in samples.items() if s["image"] is None]
     kept = [s for s in samples.values() if s["image"] is not None]
+    skipped += bad
     for s in kept:
         if s["label"] is None:
             raise UserError(f"{path}:{s['key']}: no .cls label for image {s['image'].name}")
@@ -140,13 +142,24 @@ def _class_names(classes, class_source, names: dict[int, tuple[str, str]], count
     return [names[i][0] for i in range(count)]
 
 
+def _check_count(count: int, samples: int, max_classes: int, spec: str) -> None:
+    """Label numbers are the only class list here: one far above the samples or above
+    ``max_classes`` (a damaged or hostile ``.cls``) is refused, not made into classes."""
+    what = f"the largest .cls label of {spec} ({count - 1:,})"
+    check_class_count(count, max_classes, what)
+    if count > max(FEW_CLASSES, 10 * samples):
+        raise UserError(f"{what} makes {count:,} classes for {samples:,} samples; give the "
+                        "class list with --cfg.class_list if that is right")
+
+
 class WdsSource(ScannedSource):
     """webdataset shards in shard order, each shard in its own order; of a folder, the shards
     of ``split`` when their names say splits. ``classes`` (the train class list, named in
     messages as ``class_source``) gives the names; the shards' json must agree with it."""
 
     def __init__(self, shards: str | Path, classes: list[str] | None = None,
-                 class_source: str | None = None, split: str | None = None):
+                 class_source: str | None = None, split: str | None = None,
+                 max_classes: int = MAX_CLASSES):
         self.spec = str(shards)
         self.skipped: list[tuple[str, str]] = []
         self._items: list[tuple[int, Path, Member]] = []
@@ -160,6 +173,8 @@ class WdsSource(ScannedSource):
         if not self._items:
             raise UserError(f"no samples with an image in {self.spec}")
         count = max(label for label, _, _ in self._items) + 1
+        if classes is None:
+            _check_count(count, len(self._items), max_classes, self.spec)
         self.classes = _class_names(classes, class_source, names, count, self.spec)
         for label, path, m in self._items:
             if not 0 <= label < len(self.classes):
