@@ -36,13 +36,14 @@ def run_card(rm: RunModel, weights: Path) -> dict:
 
 
 def title_markdown(card: dict) -> str:
-    def known(value, fmt="{}"):
-        return "unknown" if value is None else fmt.format(value)
-
-    return (f"# {card['name']}\n"
-            f"**{card['arch']}** · trained at {known(card.get('train_resolution'), '{} px')}, "
-            f"validated at {card['resolution']} px · val top-1 "
-            f"{known(card.get('val_top1'), '{:.1%}')}")
+    """The run's name, then what is known of it (a card may lack any of these)."""
+    facts = [f"**{card['arch']}**"]
+    if card.get("train_resolution"):
+        facts.append(f"trained at {card['train_resolution']} px")
+    facts.append(f"validated at {card['resolution']} px")
+    if card.get("val_top1") is not None:
+        facts.append(f"val top-1 {card['val_top1']:.1%}")
+    return f"# {card['name']}\n{' · '.join(facts)}"
 
 
 def display_names(rm: RunModel) -> list[str]:
@@ -68,7 +69,8 @@ def classify(rm: RunModel, path: str, names: list[str] | None = None, shown: str
     seconds = time.perf_counter() - start
     if unreadable:
         why = unreadable[0][1].replace(str(path), shown)
-        raise gr.Error(f"{shown} is not an image this demo can read: {why}", title="Bad image", print_exception=False)
+        raise gr.Error(f"{shown} is not an image this demo can read: {why}", title="Bad image",
+                       print_exception=False)  # the visitor's mistake: no traceback in the log
     index = {c: i for i, c in enumerate(rm.classes)}
     names = names or rm.classes
     return {names[index[c]]: p for c, p in results[0][1]}, seconds
@@ -100,7 +102,7 @@ def build_page(rm: RunModel, card: dict, examples: list[Path], concurrency: int,
             return None, ""
         shown = Path(upload.get("orig_name") or upload["path"]).name
         top, seconds = classify(rm, upload["path"], names, shown, device)
-        return top, f"`{shown}`: {seconds * 1000:.0f} ms on {device} (decode, preprocess, model)"
+        return top, f"`{shown}` classified in {seconds * 1000:.0f} ms ({device})"
 
     with gr.Blocks(title=f"{card['name']} · ffcv-demo") as page:
         gr.Markdown(title_markdown(card))
@@ -114,8 +116,11 @@ def build_page(rm: RunModel, card: dict, examples: list[Path], concurrency: int,
         if examples:
             gr.Examples([[str(f)] for f in examples], inputs=image, outputs=[label, timing],
                         fn=on_image, run_on_click=True, preprocess=False, label="Examples")
+        # input: each upload, paste, snapshot or clear once (change also fires on re-renders);
+        # always_last: a new upload while one is waiting replaces it
         image.input(on_image, image, [label, timing], preprocess=False,
-                     concurrency_limit=concurrency, show_progress="minimal", trigger_mode="always_last")
+                    concurrency_limit=concurrency, trigger_mode="always_last",
+                    show_progress="minimal")
     page.queue(max_size=QUEUE_SIZE)
     return page
 
