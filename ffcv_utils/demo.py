@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .cli import ArgParser, UserError, run_main
-from .predict import RunModel, collect, load_run_model, predict
+from .predict import IMAGE_SUFFIXES, RunModel, load_run_model, predict
 
 # Gradio otherwise calls out for a version check and telemetry at import and launch.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -77,14 +77,19 @@ def classify(rm: RunModel, path: str, names: list[str] | None = None, shown: str
 
 
 def example_files(folder: Path) -> list[Path]:
-    """Up to ``EXAMPLES`` images of ``folder``: the first of each class folder, else the first."""
-    files, labels = collect([folder])
-    if labels is None:
-        return files[:EXAMPLES]
-    first = {}
-    for f, label in zip(files, labels):
-        first.setdefault(label, f)
-    return list(first.values())[:EXAMPLES]
+    """Up to ``EXAMPLES`` images of ``folder`` (a data set's val/, say): the first of each class
+    folder, else its first images. Reads only the folders it takes from: a train/ of a million
+    files costs no walk."""
+    classes = sorted(d for d in folder.iterdir() if d.is_dir())
+    picks: list[Path] = []
+    for d in classes or [folder]:
+        images = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        picks += images[:1] if classes else images
+        if len(picks) >= EXAMPLES:
+            break
+    if not picks:
+        raise UserError(f"--examples: no images in {folder} or its class folders")
+    return picks[:EXAMPLES]
 
 
 def build_page(rm: RunModel, card: dict, examples: list[Path], concurrency: int, device: str):

@@ -60,6 +60,13 @@ def test_class_names_shown_are_readable_and_distinct():
     assert display_names(rm) == rm.classes
 
 
+def test_examples_are_one_image_a_class(digits_dir):
+    from ffcv_utils.demo import example_files
+    files = example_files(Path(digits_dir) / "val")
+    assert len(files) == 10 and len({f.parent for f in files}) == 10
+    assert example_files(files[0].parent) == sorted(files[0].parent.iterdir())[:10]
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares ``width`` x ``height`` pixels and holds none: a decompression bomb's
     header, refused before any pixel is decoded."""
@@ -95,6 +102,7 @@ def test_bad_uploads_are_page_errors_and_a_huge_photo_is_answered(run_model, dig
 
 def test_a_checkpoint_it_cannot_use_ends_it_in_one_line_before_serving(run_model, tmp_path, tool,
                                                                        monkeypatch):
+    """So do other bad arguments: the server never starts."""
     import gradio as gr
 
     def served(*args, **kwargs):
@@ -109,6 +117,7 @@ def test_a_checkpoint_it_cannot_use_ends_it_in_one_line_before_serving(run_model
     broken.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
     cases = [((tmp_path / "missing.pt",), "no such file"), ((broken,), "cannot load"),
              ((weights, "--examples", tmp_path / "nowhere"), "--examples: no such folder"),
+             ((weights, "--examples", tmp_path), "--examples: no images in"),
              ((weights, "--concurrency", "0"), "--concurrency: must be at least 1")]
     for (w, *rest), why in cases:
         result = tool("-m ffcv_utils.demo", "--weights", w, *rest)
