@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -52,7 +53,7 @@ def display_names(rm: RunModel) -> list[str]:
     since the label shows one row per name."""
     words = (getattr(rm, "card", None) or {}).get("class_names")
     names = list(words) if words and len(words) == len(rm.classes) else list(rm.classes)
-    shared = {n for n in names if names.count(n) > 1}
+    shared = {n for n, count in Counter(names).items() if count > 1}
     return [f"{n} ({c})" if n in shared else n for n, c in zip(names, rm.classes)]
 
 
@@ -113,7 +114,7 @@ def build_page(rm: RunModel, card: dict, examples: list[Path], concurrency: int,
         gr.Markdown(title_markdown(card))
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", image_mode=None, label="Your image",
+                image = gr.Image(type="filepath", image_mode=None, label="Your image", height=320,
                                  sources=["upload", "clipboard", "webcam"], elem_id="image")
             with gr.Column():
                 label = gr.Label(num_top_classes=5, label="Top-5", elem_id="prediction")
@@ -158,7 +159,8 @@ def main(argv=None) -> int:
         page.launch(server_name=a.host, server_port=a.port, share=bool(a.share), ssr_mode=False,
                     max_file_size=MAX_UPLOAD, theme=gr.themes.Soft())
     except OSError as e:  # the port taken, the host not this machine's
-        raise UserError(f"cannot serve on {a.host}:{a.port}: {e}") from None
+        raise UserError(f"cannot serve on {a.host}:{a.port} (in use, or not an address of "
+                        f"this machine?): {str(e).split('. ')[0]}") from None
     return 0
 
 
