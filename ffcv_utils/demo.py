@@ -110,7 +110,8 @@ def build_page(rm: RunModel, card: dict, examples: list[Path], concurrency: int,
         top, seconds = classify(rm, upload["path"], names, shown, device)
         return top, f"`{shown}` classified in {seconds * 1000:.0f} ms ({device})"
 
-    with gr.Blocks(title=f"{card['name']} · ffcv-demo") as page:
+    # delete_cache: uploads older than an hour go, hourly and at the next start (disk stays bounded)
+    with gr.Blocks(title=f"{card['name']} · ffcv-demo", delete_cache=(3600, 3600)) as page:
         gr.Markdown(title_markdown(card))
         with gr.Row():
             with gr.Column():

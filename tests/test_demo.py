@@ -158,7 +158,8 @@ def demo_server(run_model, digits_dir, tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "ffcv_utils.demo", "--weights", str(weights), "--port", str(port),
          "--examples", str(Path(digits_dir) / "val"), "--concurrency", "2"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env=dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path / "uploads")))
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180
