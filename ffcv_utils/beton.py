@@ -141,6 +141,7 @@ class _Head:
     page: int
     meta_start: int
     meta_end: int
+    data_start: int  # the first page boundary after the metadata, where ffcv's writer starts
     table: int
 
 
@@ -182,7 +183,8 @@ def _header(f, size: int, bad) -> _Head:
     if (size - table) // entry > samples:
         raise bad(f"allocation table lists {(size - table) // entry:,} allocations for "
                   f"{samples:,} samples (one image each): corrupt")
-    return _Head(size, samples, page, meta_start, meta_end, table)
+    data_start = -(-meta_end // page) * page
+    return _Head(size, samples, page, meta_start, meta_end, min(data_start, table), table)
 
 
 def _fields(descs: np.ndarray, bad) -> None:
@@ -194,7 +196,7 @@ def _fields(descs: np.ndarray, bad) -> None:
         return
 
     def describe(name: bytes, type_id: int) -> str:
-        shown = name.split(b"\0", 1)[0].decode("ascii", "backslashreplace") or "(unnamed)"
+        shown = repr(name.split(b"\0", 1)[0])[2:-1] or "(unnamed)"  # escaped: one line
         return f"{shown} ({TYPE_NAMES.get(type_id, f'unknown type {type_id}')})"
 
     raise bad(f"holds the fields {', '.join(describe(*d) for d in found)}; this toolkit's "
@@ -253,12 +255,12 @@ def _images(image: np.ndarray, alloc: np.ndarray, head: _Head, max_side: int, ba
         raise bad(f"sample {_first(wrong)} points at data the allocation table lacks: "
                   "truncated or corrupt")
     # ptr <= table first, then size against table - ptr: no sum that could wrap around
-    outside = (ptr < np.uint64(head.meta_end)) | (ptr > np.uint64(head.table))
+    outside = (ptr < np.uint64(head.data_start)) | (ptr > np.uint64(head.table))
     outside |= size > np.uint64(head.table) - np.minimum(ptr, np.uint64(head.table))
     if (wrong := outside | (size == 0)).any():
         i = _first(wrong)
         raise bad(f"sample {i}'s data ({int(size[i]):,} bytes at byte {int(ptr[i]):,}) lie "
-                  f"outside the data region ({head.meta_end:,}..{head.table:,}): corrupt")
+                  f"outside the data region ({head.data_start:,}..{head.table:,}): corrupt")
     # sizes are now below the file's size: these sums cannot wrap
     if (wrong := (ptr & np.uint64(head.page - 1)) + size > np.uint64(head.page)).any():
         raise bad(f"sample {_first(wrong)}'s data cross a page boundary: corrupt")

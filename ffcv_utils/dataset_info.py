@@ -58,9 +58,10 @@ def read_info(beton: str | Path) -> dict | None:
     except OSError as e:
         raise bad(f"cannot be opened ({e.strerror})") from None
     with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
             raise bad("not a regular file")
-        data = f.read(MAX_BYTES + 1)
+        data = f.read(min(st.st_size, MAX_BYTES) + 1)  # read(n) allocates n bytes at once
     if len(data) > MAX_BYTES:
         raise bad(f"larger than {MAX_BYTES >> 20} MiB: not a class list this toolkit wrote")
     try:
