@@ -271,20 +271,29 @@ def descriptor(rng, data: bytes, lay: Layout) -> Mutant:
                   must_refuse=True)
 
 
+EXTRA_FIELDS = [(2, "RGBImageField", b"extra"), (1, "IntField", b"label2"),
+                (0, "FloatField", b"weight"), (2, "RGBImageField", b"image"), None]
+
+
 def fields_changed(rng, data: bytes, lay: Layout) -> Mutant:
-    """A structurally sound file with an extra field, or with the label field dropped: header,
-    descriptors and metadata rewritten in ffcv's layout (the data and the table stay)."""
+    """A structurally sound file with an extra field, or with the label field dropped."""
+    extra = rng.choice(EXTRA_FIELDS)
+    label = f"extra field {extra[2]!r} of type {extra[0]}" if extra else "label field dropped"
+    return Mutant("fields", label, [(0, relaid(data, lay, extra))], must_refuse=True)
+
+
+def relaid(data: bytes, lay: Layout, extra: tuple | None) -> bytes:
+    """Header, descriptors and metadata of ``data`` rewritten in ffcv's layout with the field
+    ``extra`` = (type id, ffcv field class name, name) added, or (None) the label dropped; the
+    data and the table stay where they are. An extra image field claims 1x1 raw pixels over
+    each real image's bytes: ffcv's default decoder copies the bytes into a 3-byte slot."""
     import numpy as np
-    from ffcv.fields import FloatField, IntField, RGBImageField
-    from ffcv.reader import Reader  # noqa: F401  (ffcv.types needs ffcv.fields first)
+    from ffcv import fields as ffcv_fields
     from ffcv.types import FieldDescType, get_metadata_type
 
     old = np.frombuffer(data[lay.meta_start:lay.meta_end], _meta_dtype())
-    extra = rng.choice([(2, RGBImageField, b"extra"), (1, IntField, b"label2"),
-                        (0, FloatField, b"weight"), (2, RGBImageField, b"image"), None])
-    handlers = [RGBImageField(), IntField()] + ([extra[1]()] if extra else [])
-    if extra is None:
-        handlers = handlers[:1]
+    handlers = [ffcv_fields.RGBImageField(), ffcv_fields.IntField()]
+    handlers = handlers + [getattr(ffcv_fields, extra[1])()] if extra else handlers[:1]
     descs = np.zeros(len(handlers), FieldDescType)
     descs[:min(2, len(handlers))] = np.frombuffer(data[24:lay.meta_start],
                                                    FieldDescType)[:len(handlers)]
@@ -292,9 +301,9 @@ def fields_changed(rng, data: bytes, lay: Layout) -> Mutant:
     meta["f0"] = old["f0"]
     if extra:
         meta["f1"] = old["f1"]
-        descs[2]["type_id"], name = extra[0], extra[2]
-        descs[2]["name"][:len(name)] = np.frombuffer(name, np.uint8)
-        if extra[0] == 2:  # an image claiming 1x1 pixels over the real image's bytes
+        descs[2]["type_id"] = extra[0]
+        descs[2]["name"][:len(extra[2])] = np.frombuffer(extra[2], np.uint8)
+        if extra[0] == 2:
             meta["f2"] = old["f0"]
             meta["f2"]["width"] = meta["f2"]["height"] = 1
             meta["f2"]["mode"] = 1
@@ -302,8 +311,7 @@ def fields_changed(rng, data: bytes, lay: Layout) -> Mutant:
     head[2:4] = pack(len(handlers), 2)
     new = bytes(head) + descs.tobytes() + meta.tobytes()
     assert len(new) <= lay.table  # the data region of a real beton starts a page later
-    label = f"extra field {extra[2]!r} of type {extra[0]}" if extra else "label field dropped"
-    return Mutant("fields", label, [(0, new)], must_refuse=True)
+    return new
 
 
 def _meta_dtype():
