@@ -10,7 +10,8 @@ loader (the fast decoder from the page cache, ffcv's decoder through its process
 child process under a memory limit and a timeout: none may die by a signal, hang, raise or need
 more memory than the limit.
 
-    python benchmarks/fuzz_beton.py --cases 100000 --decode 40 --out benchmarks/results/fuzz_beton.json
+    python benchmarks/fuzz_beton.py --cases 100000 --decode 16 --seed 2026 \
+        --out benchmarks/results/fuzz_beton.json
 
 ``tests/test_beton_fuzz.py`` runs a few thousand cases in ``make test``.
 """
@@ -555,8 +556,8 @@ def decode(files: list[str], memory: int = MEMORY_BOUND,
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         out, rc = proc.stdout, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        out, rc = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else e.stdout or "", None
+    except subprocess.TimeoutExpired as e:  # run() killed the child; its output so far
+        out, rc = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or "", None
     decoded, failures, last = 0, [], None
     for line in out.splitlines():
         record = json.loads(line) if line.startswith("{") else {}

@@ -112,6 +112,8 @@ def _check(path: Path, prefix: str) -> Facts:
         raise bad("file not found") from None
     except OSError as e:
         raise bad(f"cannot be opened ({e.strerror})") from None
+    except ValueError:  # a NUL in the name
+        raise bad("not a usable file name") from None
     with open(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
