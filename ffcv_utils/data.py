@@ -86,9 +86,29 @@ def _center_crop_op(res: int, ratio: float, decoder: str):
         from ffcv_utils import fast_decode
 
         return fast_decode.center_crop((res, res), ratio=ratio)
+    return _stock_center_crop_class()((res, res), ratio=ratio)
+
+
+@functools.lru_cache(maxsize=None)
+def _stock_center_crop_class():
+    """ffcv's centre-crop decoder with a crop of at least one pixel and at most the image.
+    ffcv's own crop is ``int(ratio * shorter side)``: 0 for an image one pixel high or wide (a
+    beton may declare one), and OpenCV's resize of an empty crop throws through ffcv's C code,
+    which aborts the process (SIGABRT, exit 134); a ratio above 1 (a checkpoint's params) would
+    crop outside the image."""
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 
-    return CenterCropRGBImageDecoder((res, res), ratio=ratio)
+    def crop(height, width, _, ratio):
+        shorter = min(height, width)
+        side = min(max(int(ratio * shorter), 1), shorter)
+        return (height - side) // 2, (width - side) // 2, side, side
+
+    class CenterCrop(CenterCropRGBImageDecoder):
+        @property
+        def get_crop_generator(self):
+            return crop
+
+    return CenterCrop
 
 
 def _label_pipeline(device):

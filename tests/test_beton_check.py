@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ffcv_utils.beton import BetonError, check
@@ -35,7 +36,9 @@ def broken_copy(src: Path, folder: Path, kind: str) -> Path:
     elif kind == "sidecar":
         dst.write_bytes(data)
         info = json.loads(Path(str(dst) + ".json").read_text())
-        info["num_samples"] += 5
+        info["num_samples"] += 5  # a sidecar of another (consistent) file
+        first = info["classes"][0]
+        info["class_counts"][first] += 5
         Path(str(dst) + ".json").write_text(json.dumps(info))
     return dst
 
@@ -123,21 +126,198 @@ def test_a_file_found_sound_is_checked_again_once_it_changes(digits_betons, tmp_
         check(good)
 
 
-def test_all_in_is_set_membership():
-    """The check's membership test (sorted table + binary search) agrees with np.isin."""
-    import numpy as np
+# -- hostile betons (issue 24): files that are complete but lie ------------------------------
 
-    from ffcv_utils.beton import all_in
+sys.path.insert(0, str(ROOT))
+from benchmarks import fuzz_beton as fz  # noqa: E402  (the fuzz's layout and field rewriting)
 
-    known = np.array([40, 8, 1 << 40, 16], np.uint64)  # unsorted, as an allocation table may be
-    assert all_in(np.array([8, 16, 40, 1 << 40, 8], np.uint64), known)
-    assert all_in(np.array([], np.uint64), known)
-    assert not all_in(np.array([8, 24], np.uint64), known)           # a gap between entries
-    assert not all_in(np.array([(1 << 40) + 1], np.uint64), known)   # past the last entry
-    assert not all_in(np.array([0], np.uint64), known)               # before the first
-    assert not all_in(np.array([8], np.uint64), np.array([], np.uint64))
-    rng = np.random.default_rng(0)
-    table = rng.choice(1 << 48, 5000, replace=False).astype(np.uint64)
-    probe = np.concatenate([table[::7], rng.integers(0, 1 << 48, 50).astype(np.uint64)])
-    for chunk in np.array_split(probe, 40):
-        assert all_in(chunk, table) == bool(np.isin(chunk, table).all())
+META = {name: (off, width) for name, off, width in fz.META_FIELDS}
+TABLE = {name: (off, width) for name, off, width in fz.TABLE_FIELDS}
+
+
+def hostile_copy(src: Path, dst: Path, **changes) -> Path:
+    """``src`` (and its sidecar) with sample 0's metadata or table fields set: ``meta_width=31``,
+    ``table_size=2**64 - 1``, ``type_label=0`` (the label field's type id)."""
+    data = bytearray(src.read_bytes())
+    lay = fz.Layout.of(bytes(data))
+    entry = fz._entry_of(bytes(data), lay, 0)
+    for key, value in changes.items():
+        part, name = key.split("_", 1)
+        if part == "type":
+            at, width = 24 + lay.desc_size * ["image", "label"].index(name), 1
+        elif part == "meta":
+            (off, width), at = META[name], lay.meta_start + META[name][0]
+        else:
+            (off, width), at = TABLE[name], entry + TABLE[name][0]
+        data[at:at + width] = (value % (1 << 8 * width)).to_bytes(width, "little")
+    dst.write_bytes(bytes(data))
+    shutil.copy(str(src) + ".json", str(dst) + ".json")
+    return dst
+
+
+def sample0(beton: Path) -> dict:
+    from ffcv.reader import Reader
+
+    r = Reader(str(beton))
+    entry = r.alloc_table[r.alloc_table["sample_id"] == 0][0]
+    return {"ptr": int(entry["ptr"]), "size": int(entry["size"]),
+            "mode": int(r.metadata["f0"]["mode"][0]), "table": int(r.header["alloc_table_ptr"])}
+
+
+def refusal(bad: Path) -> str:
+    with pytest.raises(BetonError) as err:
+        check(bad, "data.x")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"data.x: {bad}"), message
+    return message
+
+
+def test_a_pointer_8_eib_past_the_end_is_refused(small_digits_betons, tmp_path):
+    """The old end-of-data check summed uint64s: pointer + 2**63 with size + 2**63 wraps to the
+    true end and passed; ffcv's process cache then asked for a page table of terabytes."""
+    val = small_digits_betons[1]
+    s = sample0(val)
+    ptr, size = s["ptr"] + (1 << 63), s["size"] + (1 << 63)
+    with np.errstate(over="ignore"):  # the arithmetic the old check did
+        assert int(np.uint64(ptr) + np.uint64(size)) <= s["table"]
+    bad = hostile_copy(val, tmp_path / "far.beton", meta_data_ptr=ptr, table_ptr=ptr,
+                       table_size=size)
+    assert "lie outside the data region" in refusal(bad)
+    from ffcv_utils.data import train_loader
+
+    with pytest.raises(BetonError, match="outside the data region"):  # before any loader
+        train_loader(str(bad), batch_size=8, num_workers=1, res=32, in_memory=False)
+
+
+HOSTILE = {  # sample 0's fields -> the words of its refusal
+    "huge-size": (dict(table_size=(1 << 64) - 1), "lie outside the data region"),
+    "size-2**63": (dict(table_size=1 << 63), "lie outside the data region"),
+    "pointer-0": (dict(meta_data_ptr=0, table_ptr=0), "lie outside the data region"),
+    "pointer-only-in-metadata": (dict(meta_data_ptr=1 << 40), "points at data the allocation"),
+    "label-float": (dict(type_label=0), "holds the fields image (RGBImageField), label "
+                                        "(FloatField); this toolkit's betons hold exactly "
+                                        "image (RGBImageField) and label (IntField)"),
+    "image-ndarray": (dict(type_image=4), "image (NDArrayField)"),
+    "mode-7": (dict(meta_mode=7), "image mode 7"),
+    "width-0": (dict(meta_width=0), "declares a 0x32 image"),
+    "height-65535": (dict(meta_height=65535), "sides must be within 1..32"),
+    "label-10": (dict(meta_label=10), "holds label 10, but its class list names 10 classes"),
+    "label-negative": (dict(meta_label=-1), "holds label -1"),
+    "sample-twice": (dict(table_sample_id=1), "does not list each sample exactly once"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_fields_are_refused_in_one_line(small_digits_betons, tmp_path, case):
+    changes, words = HOSTILE[case]
+    bad = hostile_copy(small_digits_betons[1], tmp_path / f"{case}.beton", **changes)
+    assert words in refusal(bad)
+
+
+def test_a_raw_image_of_the_wrong_size_is_refused(small_digits_betons, tmp_path):
+    """ffcv reshapes a raw sample's bytes to the metadata's height x width x 3."""
+    from ffcv.reader import Reader
+
+    val = small_digits_betons[1]
+    meta = Reader(str(val)).metadata["f0"]
+    raw = int(np.flatnonzero(meta["mode"] == 1)[0])
+    data = bytearray(val.read_bytes())
+    lay = fz.Layout.of(bytes(data))
+    data[lay.meta_start + lay.meta_item * raw + 1] = 31  # width 32 -> 31
+    bad = tmp_path / "raw.beton"
+    bad.write_bytes(bytes(data))
+    shutil.copy(str(val) + ".json", str(bad) + ".json")
+    assert f"sample {raw} is a raw 31x32 image (2,976 bytes) stored in 3,072 bytes" in refusal(bad)
+
+
+def with_extra_field(src: Path, dst: Path) -> Path:
+    """``src`` rewritten by ffcv's layout with a third field, ``extra``: an RGB image field
+    whose metadata claim 1x1 raw pixels over each real image's bytes."""
+    data = src.read_bytes()
+    head = fz.relaid(data, fz.Layout.of(data), (2, "RGBImageField", b"extra"))
+    dst.write_bytes(head + data[len(head):])
+    shutil.copy(str(src) + ".json", str(dst) + ".json")
+    return dst
+
+
+@pytest.mark.slow  # a loader in a child process: a numba compile
+@pytest.mark.timeout(300)
+def test_an_extra_field_crashed_the_loader_and_is_refused_now(digits_betons, tmp_path, capsys,
+                                                              monkeypatch):
+    train, val = digits_betons
+    bad = with_extra_field(val, tmp_path / "extra.beton")
+    # without the check (the loaders as they were): ffcv decodes 'extra' with its default
+    # decoder, copying ~1-3 kB per image into 3-byte slots; glibc aborts (exit 134)
+    code = ("from ffcv_utils import data\n"
+            "data.check_beton = lambda *a, **k: None\n"
+            f"for _ in data.val_loader({str(bad)!r}, batch_size=64, num_workers=2, res=32):\n"
+            "    pass\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=240, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode < 0, (r.returncode, r.stderr[-2000:])  # died by a signal
+    assert refusal(bad).endswith(
+        "holds the fields image (RGBImageField), label (IntField), extra (RGBImageField); this "
+        "toolkit's betons hold exactly image (RGBImageField) and label (IntField)")
+    code, _, err = run_script("train_imagenet.py", [
+        "--data.train_dataset", train, "--data.val_dataset", bad, "--training.eval_only", "1",
+        "--model.pretrained", "1", "--logging.folder", tmp_path / "runs"], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"train_imagenet.py: error: data.val_dataset: {bad}: holds the "
+                           "fields image (RGBImageField), label (IntField), extra"), line
+    assert not (tmp_path / "runs").exists()
+
+
+SIDECARS = {
+    "not-json": ('{"classes": ["a"', "not valid JSON (Expecting"),
+    "a-list": ('["a", "b"]', "holds a JSON list, not an object"),
+    "no-classes": ('{"num_samples": 100}', "has no 'classes' list"),
+    "classes-numbers": ('{"classes": [0, 1]}', "'classes' is not a non-empty list"),
+    "count-text": ('{"classes": ["a"], "num_samples": "100"}', "'num_samples' is str, not int"),
+    "count-bool": ('{"classes": ["a"], "num_samples": true}', "'num_samples' is bool"),
+    "num-classes": ('{"classes": ["a", "b"], "num_classes": 3}', "'num_classes' is 3 but"),
+    "counts-sum": ('{"classes": ["a"], "class_counts": {"a": 5}, "num_samples": 6}',
+                   "'class_counts' add up to 5 but 'num_samples' is 6"),
+    "resolution": ('{"classes": ["a"], "settings": {"max_resolution": "big"}}',
+                   "'settings.max_resolution' is 'big'"),
+    "deep": ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    "latin-1": (b'{"classes": ["\xe9"]}', "not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", SIDECARS)
+def test_a_sidecar_that_is_not_the_writers_json_is_one_line(small_digits_betons, tmp_path, case):
+    text, words = SIDECARS[case]
+    bad = tmp_path / "side.beton"
+    shutil.copy(small_digits_betons[1], bad)
+    side = Path(str(bad) + ".json")
+    side.write_bytes(text if isinstance(text, bytes) else text.encode())
+    message = refusal(bad)
+    assert message.startswith(f"data.x: {side}: ") and words in message, message
+
+
+@pytest.mark.timeout(60)
+def test_fifos_are_refused_without_blocking(small_digits_betons, tmp_path):
+    """A FIFO at the sidecar's or the beton's name: open() would wait for a writer forever."""
+    bad = tmp_path / "fifo.beton"
+    shutil.copy(small_digits_betons[1], bad)
+    os.mkfifo(str(bad) + ".json")
+    assert refusal(bad) == f"data.x: {bad}.json: not a regular file"
+    os.unlink(str(bad) + ".json")
+    bad.unlink()
+    os.mkfifo(bad)
+    assert refusal(bad) == f"data.x: {bad}: not a regular file"
+
+
+def test_labels_must_fit_model_num_classes_without_a_sidecar(small_digits_betons, tmp_path):
+    from ffcv_utils.beton import check_trainer_betons
+    from ffcv_utils.config import load_config
+
+    bare = tmp_path / "bare.beton"  # no class list: the config's num_classes is the bound
+    shutil.copy(small_digits_betons[1], bare)
+    args = ["--data.train_dataset", str(bare), "--data.val_dataset", str(bare),
+            "--model.num_classes"]
+    check_trainer_betons(load_config([*args, "10"])[0])
+    with pytest.raises(BetonError, match=r"^data.train_dataset: .*bare.beton: holds label 9, "
+                                         r"but model.num_classes is 5$"):
+        check_trainer_betons(load_config([*args, "5"])[0])
