@@ -17,7 +17,7 @@ import torch
 from . import order as orders
 from .beton import check as check_beton
 from .config import DECODERS
-from .draws import SampleRandom, seeded_ffcv_ops
+from .draws import SampleRandom, center_box, seeded_ffcv_ops
 from .watchdog import watch
 
 # ImageNet statistics on the 0-255 scale, as the decoders output uint8.
@@ -98,15 +98,10 @@ def _stock_center_crop_class():
     crop outside the image."""
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 
-    def crop(height, width, _, ratio):
-        shorter = min(height, width)
-        side = min(max(int(ratio * shorter), 1), shorter)
-        return (height - side) // 2, (width - side) // 2, side, side
-
     class CenterCrop(CenterCropRGBImageDecoder):
         @property
         def get_crop_generator(self):
-            return crop
+            return center_box.py_func  # ffcv compiles it itself
 
     return CenterCrop
 

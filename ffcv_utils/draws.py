@@ -98,6 +98,16 @@ def random_crop(height, width, scale, ratio, key):
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+@njit
+def center_box(height, width, _, ratio):
+    """The centre crop ``(top, left, side, side)``: ``ratio`` of the shorter side, at least one
+    pixel and at most the image. ffcv's own ``int(ratio * shorter)`` is 0 for an image one pixel
+    high or wide (a beton may declare one), and resizing an empty crop throws through C code."""
+    shorter = min(height, width)
+    side = min(max(int(ratio * shorter), 1), shorter)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
 @on_disk
 @njit
 def flip_draw(key, flip_prob):

@@ -128,11 +128,11 @@ def crop_resize(data: np.ndarray, height: int, width: int, crop: tuple[int, int,
 
 def _make_decoder_classes():
     # ffcv is imported lazily (as in data.py): importing it costs seconds.
-    from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder, get_center_crop
+    from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
     from ffcv.pipeline.compiler import Compiler
     from numba import njit
 
-    from .draws import SampleRandom, flip_draw, random_crop, state_key
+    from .draws import SampleRandom, center_box, flip_draw, random_crop, state_key
 
     lib = library()
     c_decode = lib.fj_decode_crop_resize
@@ -243,11 +243,9 @@ def _make_decoder_classes():
         def get_crop_generator(self):
             return center_crop_keyed
 
-    center = Compiler.compile(get_center_crop)
-
     @njit
     def center_crop_keyed(height, width, scale, ratio, key):
-        return center(height, width, scale, ratio)
+        return center_box(height, width, scale, ratio)
 
     return FastRandomResizedCropDecoder, FastCenterCropDecoder
 
