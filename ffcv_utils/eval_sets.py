@@ -10,11 +10,13 @@ seeks); a gzipped one, which cannot be seeked in, is streamed once to list and o
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
 import tarfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -82,7 +84,7 @@ def list_folder(folder: Path) -> tuple[list[tuple[str, str, object]], list[tuple
 def _members_of_gzip(path: Path) -> list[Member]:
     """The regular files of a gzipped tar, one streamed pass (offsets unused: 0)."""
     with _stream(path) as tar:
-        return [Member(info.name, 0, info.size) for info in _stream_files(tar, path)]
+        return [Member(info.name, 0, info.size) for info in _stream_files(tar)]
 
 
 def list_tar(path: Path) -> tuple[list[tuple[str, str, object]], list[tuple[str, str]]]:
@@ -120,20 +122,23 @@ def list_set(path: Path, option: str) -> tuple[list, list]:
 # Reading a gzipped tar as a stream, with its errors as one line
 
 
-def _stream(path: Path) -> tarfile.TarFile:
+@contextmanager
+def _stream(path: Path) -> Iterator[tarfile.TarFile]:
+    """A gzipped tar read as a stream; read to its end afterwards, since a cut or corrupt
+    stream shows only there (tarfile takes a cut for the archive's end)."""
     try:
-        return tarfile.open(path, mode="r|gz")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise UserError(f"cannot read {path} as a .tar.gz archive: {e}") from None
-
-
-def _stream_files(tar: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
-    try:
-        for info in tar:
-            if info.isfile():
-                yield info
+        with gzip.open(path, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+            yield tar
+            while gz.read(1 << 20):
+                pass
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise UserError(f"{path}: damaged .tar.gz archive ({e})") from None
+
+
+def _stream_files(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    for info in tar:
+        if info.isfile():
+            yield info
 
 
 def _read_gzip_members(path: Path, wanted: list[str]) -> Iterator[bytes]:
@@ -141,14 +146,11 @@ def _read_gzip_members(path: Path, wanted: list[str]) -> Iterator[bytes]:
     todo = iter(wanted)
     name = next(todo, None)
     with _stream(path) as tar:
-        for info in _stream_files(tar, path):
+        for info in _stream_files(tar):
             if name is None:
-                return
+                break
             if info.name == name:
-                try:
-                    yield tar.extractfile(info).read()
-                except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-                    raise UserError(f"{path}:{name}: damaged .tar.gz archive ({e})") from None
+                yield tar.extractfile(info).read()
                 name = next(todo, None)
     if name is not None:
         raise UserError(f"{path}:{name}: archive ends early (did it change?)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ from . import dataset_info
 from . import distributed as du
 from . import eval_sets
 from .atomic import atomic_write_text
+from .children import Terminated
 from .cli import ArgParser, UserError, run_main
+from .pack import WriteError
 
 CACHE_VERSION = 1
 # collectives wait this long for rank 0 to write the sets (ImageNet-Sketch: ~50k images)
@@ -108,9 +111,12 @@ def fingerprint(path: Path) -> str:
     for root, dirs, files in sorted(os.walk(path, followlinks=True)):
         dirs.sort()
         for f in sorted(files):
-            st = os.stat(os.path.join(root, f))
             rel = os.path.relpath(os.path.join(root, f), path)
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            try:
+                st = os.stat(os.path.join(root, f))
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:  # a dangling link: the writer skips it, a change shows here
+                h.update(f"{rel}\0?\n".encode())
     return h.hexdigest()
 
 
@@ -151,12 +157,24 @@ class Plan:
     progress: bool
 
 
+def read_sidecar(beton: Path | str) -> dict | None:
+    """A beton's sidecar as a dict, None when there is none; a broken one is one line."""
+    try:
+        info = dataset_info.read_info(beton)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{dataset_info.sidecar_path(beton)}: unreadable sidecar ({e})") from None
+    if info is not None and not (isinstance(info, dict) and isinstance(info.get("classes"), list)
+                                 and isinstance(info.get("settings", {}), dict)):
+        raise UserError(f"{dataset_info.sidecar_path(beton)}: not a sidecar this toolkit wrote")
+    return info
+
+
 def write_settings(val_dataset: str) -> dict:
     """The run's val beton's storage settings (the sets are stored as its val was), else the
     published ones."""
     from .writer import PUBLISHED
 
-    info = dataset_info.read_info(val_dataset) if val_dataset else None
+    info = read_sidecar(val_dataset) if val_dataset and Path(val_dataset).is_file() else None
     stored = (info or {}).get("settings") or {}
     return {k: stored.get(k, PUBLISHED[k]) for k in WRITE_KEYS}
 
@@ -224,7 +242,7 @@ def val_job(args, run_val: str, plan: Plan) -> tuple[Job | None, object | None, 
         real = eval_sets.read_real(args.real_labels, len(plan.classes))
 
     def finish(job: Job) -> None:
-        info = dataset_info.read_info(beton)
+        info = read_sidecar(beton)
         if info is None:
             raise UserError(f"{beton}: no sidecar {dataset_info.sidecar_path(beton)} beside it")
         why = dataset_info.class_list_mismatch({"classes": plan.classes}, info)
@@ -239,6 +257,9 @@ def val_job(args, run_val: str, plan: Plan) -> tuple[Job | None, object | None, 
 def prepare(args, rm, plan: Plan) -> list[Job]:
     """Every job: all sets checked before any is written, then the uncached ones written."""
     job, pending, finish = val_job(args, rm.val_dataset, plan)
+    if job is None and plan.progress:
+        print(f"=> no val split: the run's val beton {rm.val_dataset or '(none)'} is not here; "
+              "give --val-dir or --val-beton for val top-1 and the gaps", file=sys.stderr)
     jobs, writes = ([job] if job else []), ([pending] if pending else [])
     for suite in SUITES:
         path = getattr(args, suite.name.replace("-", "_"))
@@ -309,7 +330,7 @@ def prepared_jobs(args, rm, env: du.DistEnv) -> list[Job]:
                     progress=True)
         try:
             result = prepare(args, rm, plan)
-        except UserError as e:
+        except (UserError, WriteError) as e:  # every rank leaves with the same line
             result = str(e)
     result = du.broadcast_object(result, env)
     if isinstance(result, str):
@@ -346,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     env = du.init(timeout_s=PREPARE_TIMEOUT_S)
     try:
         rm, params, which = load_model(args.weights, env.device)
+        jobs = prepared_jobs(args, rm, env)
         if env.is_main:
             print(f"=> {args.weights}: {which}", file=sys.stderr, flush=True)
-        jobs = prepared_jobs(args, rm, env)
         if not jobs:
             raise UserError("nothing to evaluate: the run's val beton is not at "
                             f"{rm.val_dataset or '(none)'}; give --val-dir, --val-beton or a set")
@@ -361,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         if env.is_main:
             report(results, Path(args.out))
         return 0
+    except Terminated:  # SIGTERM while writing a set: the writer left no partial file
+        print("ffcv-eval: terminated; no partial file left", file=sys.stderr)
+        return 128 + signal.SIGTERM
     finally:
         du.teardown()
 
