@@ -257,10 +257,9 @@ def val_job(args, run_val: str, plan: Plan) -> tuple[Job | None, object | None, 
 def prepare(args, rm, plan: Plan) -> list[Job]:
     """Every job: all sets checked before any is written, then the uncached ones written."""
     job, pending, finish = val_job(args, rm.val_dataset, plan)
-    if job is None and plan.progress:
-        print(f"=> no val split: the run's val beton {rm.val_dataset or '(none)'} is not here; "
-              "give --val-dir or --val-beton for val top-1 and the gaps", file=sys.stderr)
     jobs, writes = ([job] if job else []), ([pending] if pending else [])
+    if job and not pending:  # a val beton that exists: its checks before any set is written
+        finish(job)
     for suite in SUITES:
         path = getattr(args, suite.name.replace("-", "_"))
         if path:
@@ -269,11 +268,14 @@ def prepare(args, rm, plan: Plan) -> list[Job]:
             writes += [pending_] if pending_ else []
     for beton, fp, write, record in writes:
         write_cached(beton, fp, write, record)
-    if job:
+    if job and pending:
         finish(job)
     for j in jobs:
         if plan.progress:
             print(f"{', '.join(j.scorers)}: {j.beton}", file=sys.stderr, flush=True)
+    if job is None and plan.progress:
+        print(f"=> no val split: the run's val beton {rm.val_dataset or '(none)'} is not here; "
+              "give --val-dir or --val-beton for val top-1 and the gaps", file=sys.stderr)
     return jobs
 
 

@@ -254,7 +254,8 @@ CASES = {  # name: (arguments, run changes, the words the one line must hold)
         lambda tmp, s, b: ["--v2", str(_folders(tmp, s, ["2", "n01440764"]))], {},
         "folder 'n01440764' is not a class index"),
     "v2 on an unsorted class list": (
-        lambda tmp, s, b: ["--v2", str(s / V2)], {"classes": lambda c: [c[1], c[0], *c[2:]]},
+        lambda tmp, s, b: ["--v2", str(s / V2)],
+        {"classes": lambda c: [c[1], c[0], *c[2:]], "val_dataset": ""},
         "the run's class list is not sorted (label 1 '0_zero' comes after '1_one')"),
     "unknown wnid": (
         lambda tmp, s, b: ["--imagenet-r", str(_folders(tmp, s, ["2_two", "n00000003"]))], {},
