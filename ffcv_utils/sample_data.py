@@ -10,8 +10,8 @@
   a CSV of ``file,class`` (classes named by ImageNet-style wnids).
 * ``suites``: the digits laid out as ImageNet and the evaluation sets ship (``ffcv-eval``):
   ``train/`` and ``val/`` with wnid-style class folders and ``ILSVRC2012_val_<n>`` file names,
-  ``real.json``, ImageNetV2's numbered folders, ImageNet-R/-A's class subsets and Sketch, each
-  also as the archive it is downloaded as.
+  ``real.json``, ImageNetV2's numbered folders, ImageNet-R/-A's class subsets and Sketch;
+  V2, R and A also as the archives they are downloaded as.
 
 Each is written to a temporary folder and renamed into place, so a folder that exists is complete.
 
