@@ -8,12 +8,17 @@
 * ``forms``: a ``photos`` set laid out as every other source the writer reads: Kaggle's
   layout, ImageNet's official archives and devkit, Hugging Face parquet, webdataset shards and
   a CSV of ``file,class`` (classes named by ImageNet-style wnids).
+* ``suites``: the digits laid out as ImageNet and the evaluation sets ship (``ffcv-eval``):
+  ``train/`` and ``val/`` with wnid-style class folders and ``ILSVRC2012_val_<n>`` file names,
+  ``real.json``, ImageNetV2's numbered folders, ImageNet-R/-A's class subsets and Sketch;
+  V2, R and A also as the archives they are downloaded as.
 
 Each is written to a temporary folder and renamed into place, so a folder that exists is complete.
 
     python -m ffcv_utils.sample_data digits demo_data/digits
     python -m ffcv_utils.sample_data photos bench_data/photos --images 2000 --classes 10
     python -m ffcv_utils.sample_data forms demo_data/forms --photos bench_data/photos
+    python -m ffcv_utils.sample_data suites demo_data/suites [--classes RUN/classes.json]
 """
 from __future__ import annotations
 
@@ -301,6 +306,94 @@ def make_source_forms(photos: str | Path, root: str | Path) -> dict[str, Path]:
     return forms
 
 
+# --------------------------------------------------------------------------------------------
+# The evaluation sets (ffcv-eval) laid out from the digits: a 10-class stand-in for ImageNet
+# (train/, val/ with ImageNet's val file names, ReaL's real.json) and for the sets that test
+# it: ImageNetV2 (folders named by class index), ImageNet-R and -A (a subset of the classes,
+# named by wnid) and ImageNet-Sketch (every class). Each shifted set gets its own change of
+# the val digits, so its numbers differ from val's.
+
+WNID_CLASSES = [f"n{i:08d}" for i in range(10)]
+R_CLASSES = (0, 2, 4, 6, 8)  # ImageNet-R: 200 of the 1,000 classes; here 5 of 10
+A_CLASSES = (1, 3, 5, 7)  # ImageNet-A: another 200; here 4 of 10
+ARCHIVES = {"imagenet-r": "imagenet-r.tar", "imagenet-a": "imagenet-a.tar",
+            "imagenetv2-matched-frequency-format-val": "imagenetv2-matched-frequency.tar.gz"}
+
+
+def _digit_images(size: int, seed: int):
+    """``[(gray PIL image, label, is_val)]`` of the digits, split as ``make_digits_folder``."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    is_val = np.random.default_rng(seed).random(len(digits.target)) < 0.2
+    out = []
+    for pixels, label, val in zip(digits.images, digits.target, is_val):
+        gray = (pixels * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+        out.append((Image.fromarray(gray, mode="L").resize((size, size), Image.BICUBIC),
+                    int(label), bool(val)))
+    return out
+
+
+def real_labels(label: int, n: int) -> list[int]:
+    """ReaL-style labels of val image number ``n``: every 10th none (ReaL leaves it out), every
+    10th two (the original and another), every 10th a single other label, else the original."""
+    return [[], [label, (label + 1) % 10], [(label + 3) % 10]][n % 10] if n % 10 < 3 else [label]
+
+
+def _suite_images(images, classes: list[str]):
+    """``{folder form: [(class folder, file name, image)]}`` of the shifted sets."""
+    from PIL import ImageFilter, ImageOps
+
+    val = [(im, y) for im, y, v in images if v]
+    return {
+        "imagenetv2-matched-frequency-format-val": [
+            (str(y), f"{k:04x}.jpeg", im.filter(ImageFilter.GaussianBlur(1)))
+            for k, (im, y) in enumerate(val) if k % 3 == 0],
+        "imagenet-r": [(classes[y], f"art_{k}.jpg", ImageOps.invert(im))
+                       for k, (im, y) in enumerate(val) if y in R_CLASSES],
+        "imagenet-a": [(classes[y], f"{k}.jpg", im.rotate(25, fillcolor=128))
+                       for k, (im, y) in enumerate(val) if y in A_CLASSES],
+        "sketch": [(classes[y], f"sketch_{k}.JPEG", ImageOps.invert(im.filter(
+            ImageFilter.FIND_EDGES))) for k, (im, y) in enumerate(val) if k % 3 == 1],
+    }
+
+
+def make_eval_suites(root: str | Path, classes: list[str] | None = None, size: int = 32,
+                     seed: int = 0) -> Path:
+    """``root/{train,val}/<class>/``, ``real.json``, ``imagenetv2-matched-frequency-format-val/
+    <i>/``, ``imagenet-r/``, ``imagenet-a/``, ``sketch/`` (class folders) and ``archives/``
+    (``imagenet-r.tar``, ``imagenet-a.tar``, ``imagenetv2-matched-frequency.tar.gz``, as
+    downloaded). ``classes``: the 10 class names in label order (default wnid-style names)."""
+    root, classes = Path(root), list(classes or WNID_CLASSES)
+    if len(classes) != 10:
+        raise ValueError(f"the digits have 10 classes, not {len(classes)}")
+    if root.exists():
+        return root
+    images = _digit_images(size, seed)
+    with _building(root) as tmp:
+        real, n = [], 0
+        for k, (im, y, is_val) in enumerate(images):
+            if is_val:
+                n += 1
+                name = f"val/{classes[y]}/ILSVRC2012_val_{n:08d}.JPEG"
+                real.append(real_labels(y, n))
+            else:
+                name = f"train/{classes[y]}/{classes[y]}_{k}.JPEG"
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            im.save(tmp / name, quality=95)
+        (tmp / "real.json").write_text(json.dumps(real) + "\n")
+        for form, rows in _suite_images(images, classes).items():
+            for folder, name, im in rows:
+                (tmp / form / folder).mkdir(parents=True, exist_ok=True)
+                im.save(tmp / form / folder / name, quality=95)
+        (tmp / "archives").mkdir()
+        for form, archive in ARCHIVES.items():
+            mode = "w:gz" if archive.endswith(".gz") else "w"
+            with tarfile.open(tmp / "archives" / archive, mode, format=tarfile.GNU_FORMAT) as tar:
+                tar.add(tmp / form, arcname=form)
+    return root
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
@@ -316,12 +409,22 @@ def main(argv: list[str] | None = None) -> None:
                                      "writer reads (Kaggle, archives + devkit, parquet, shards)")
     f.add_argument("root")
     f.add_argument("--photos", required=True, help="ImageFolder tree with train/ and val/")
+    e = sub.add_parser("suites", help="the digits as ImageNet's val, ReaL labels, ImageNetV2, "
+                                      "-R, -A and -Sketch ship (for ffcv-eval)")
+    e.add_argument("root")
+    e.add_argument("--classes", help="the run's classes.json (default: wnid-style names)")
+    e.add_argument("--size", type=int, default=32)
     args = parser.parse_args(argv)
     if Path(args.root).exists():
         print(f"{args.root} exists; keeping it")
         return
     if args.kind == "digits":
         make_digits_folder(args.root, size=args.size)
+    elif args.kind == "suites":
+        classes = json.loads(Path(args.classes).read_text()) if args.classes else None
+        make_eval_suites(args.root, classes, size=args.size)
+        print(f"wrote the evaluation sets to {args.root}")
+        return
     elif args.kind == "forms":
         forms = make_source_forms(args.photos, args.root)
         print(f"wrote {', '.join(forms)} to {args.root}")

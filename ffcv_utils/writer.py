@@ -3,7 +3,8 @@
 ``write_split(data_dir, split, write_path)`` writes an ImageFolder split; ``write_source(source,
 write_path, split=...)`` writes any ``ffcv_utils.sources.base.Source``. Both store the fields
 ffcv-imagenet uses, ``image`` (``RGBImageField``) and ``label`` (``IntField``), and write the
-class list, per-class counts, settings and skipped files to ``<beton>.json``.
+class list, per-class counts, settings and skipped files to ``<beton>.json`` (for ``val`` also
+each sample's source file name, ``files``: ImageNet-ReaL's labels follow the val file numbers).
 
 The steps, each in its own module: the source lists the classes and yields the samples
 (``sources/``); every candidate is decoded in parallel and only good ones go on (``check``,
@@ -300,6 +301,9 @@ def _info(source: Source, split: str, checked: Checked, settings: dict, class_fr
         "warnings": messages,
         "bytes": nbytes,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # sample i's source file, for labels keyed by file name (ImageNet-ReaL); val only, as
+        # train's 1.28M names would make its sidecar tens of MB
+        **({"files": list(checked.names)} if split == "val" else {}),
     }
 
 

@@ -157,3 +157,15 @@ def digits_run(digits_betons, damaged_train_beton, tmp_path_factory):
                                          (folder / "full.stdout").read_text(),
                                          (folder / "full.stderr").read_text())
     return betons, folder, folder / "full", result
+
+
+@pytest.fixture(scope="session")
+def eval_suites(tmp_path_factory):
+    """The digits laid out as ImageNet's val (``ILSVRC2012_val_<n>`` names), ReaL's real.json,
+    ImageNetV2, -R, -A and -Sketch ship, folders and archives (``sample_data.make_eval_suites``),
+    classes named as ``digits_run``'s, so that run can be evaluated on them (``ffcv-eval``)."""
+    from ffcv_utils.sample_data import DIGIT_NAMES, make_eval_suites
+
+    names = [f"{i}_{name}" for i, name in enumerate(DIGIT_NAMES)]
+    return built_once(tmp_path_factory, "eval_suites",
+                      lambda out: make_eval_suites(out / "suites", names)) / "suites"
