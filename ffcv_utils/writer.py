@@ -32,6 +32,7 @@ from .images import resized
 from .pack import WriteError, claim_temporary, page_size_for, write_beton
 from .sources.base import Sample, Source
 from .sources.imagefolder import SPLITS, ImageFolder
+from .sources.untrusted import read_regular
 
 __all__ = ["write_split", "write_source", "format_summary", "read_class_list",
            "WriteError", "Terminated", "Settings"]
@@ -103,12 +104,15 @@ def read_class_list(path: str | Path) -> list[str]:
     p = Path(path).expanduser()
     if p.suffix != ".json" and dataset_info.sidecar_path(p).exists():
         p = dataset_info.sidecar_path(p)
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"class list not found: {path}")
-    text = p.read_text()
+    try:  # untrusted: a FIFO must not block, a huge file must not fill memory
+        text = read_regular(p, cap=dataset_info.MAX_BYTES).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"class list {p}: cannot be read ({e})") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         if p.suffix == ".json":
             raise UserError(f"class list is not valid JSON: {p}") from None
         data = [line.strip() for line in text.splitlines() if line.strip()]

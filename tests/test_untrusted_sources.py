@@ -405,3 +405,18 @@ def test_member_and_entry_caps_end_a_scan_in_one_line(photos_dir, tmp_path, monk
         (tmp_path / "many" / str(i)).mkdir(parents=True)
     with pytest.raises(UserError, match=r"more than 3 entries under .*many"):
         walk_files(tmp_path / "many")
+
+
+@pytest.mark.timeout(30)
+def test_a_class_list_that_is_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
+    """--cfg.class_list (and a train beton's sidecar) is read as an untrusted file."""
+    from ffcv_utils.writer import read_class_list
+
+    fifo = tmp_path / "classes.json"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(UserError, match="not a regular file"):
+            read_class_list(path)
+    good = tmp_path / "good.json"
+    good.write_text('["a", "b"]')
+    assert read_class_list(good) == ["a", "b"]
