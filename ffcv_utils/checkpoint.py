@@ -139,17 +139,23 @@ class CheckpointError(UserError):
     """A weights file that is unreadable, or that would need more than plain data to load."""
 
 
+# What checkpoints of earlier versions pickled for their numpy float64 learning rates: numpy's
+# scalar constructor (under its numpy 2 and numpy 1 names), numpy.dtype and the float64 dtype
+# class (a dtype is only built for an allowlisted class), nothing else. numpy refuses an object
+# scalar; other scalars are data, turned into Python values by _plain.
+OLD_NUMPY = ("numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.dtype",
+             "numpy.dtypes.Float64DType")
+
+
 def _old_numpy_globals() -> list:
-    """What checkpoints of earlier versions pickled for their numpy float64 learning rates:
-    numpy's scalar constructor (under its numpy 2 and numpy 1 names), ``numpy.dtype`` and the
-    float64 dtype class (only an allowlisted dtype class can be built), nothing else."""
+    """``OLD_NUMPY`` as torch.serialization.safe_globals takes them."""
     import numpy as np
     try:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy 1
         from numpy.core.multiarray import scalar
-    return [(scalar, "numpy._core.multiarray.scalar"), (scalar, "numpy.core.multiarray.scalar"),
-            np.dtype, np.dtypes.Float64DType]
+    return [(scalar, OLD_NUMPY[0]), (scalar, OLD_NUMPY[1]), (np.dtype, OLD_NUMPY[2]),
+            (np.dtypes.Float64DType, OLD_NUMPY[3])]
 
 
 def _plain(obj):
@@ -176,11 +182,9 @@ def _first_line(e: BaseException) -> str:
 def _wanted_globals(path: Path | None, e: BaseException) -> str:
     """The globals (functions, classes) a refused pickle at ``path`` names: what loading it
     would call (without ``path``, or for a legacy file, the one torch's message names)."""
-    allowed = {"numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.dtype",
-               "numpy.dtypes.Float64DType"}
     try:
         names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path)
-                 if n not in allowed]
+                 if n not in OLD_NUMPY]
     except Exception:  # no path, or not a zip checkpoint
         names = re.findall(r"GLOBAL (\S+)", str(e))[:1]
     return ", ".join(names)
@@ -213,7 +217,8 @@ def load(path: str | Path):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") \
+                from None
         raise CheckpointError(_refusal(path, e)) from None
     except Exception as e:  # not a checkpoint at all: a zip error, a truncated file
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
