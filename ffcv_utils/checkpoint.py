@@ -210,6 +210,8 @@ def load(path: str | Path):
     strings, lists, dicts (and an old checkpoint's numpy float64s, returned as floats). A
     ``.safetensors`` file never goes through pickle. Anything else is one CheckpointError."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     try:
