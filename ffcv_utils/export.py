@@ -30,7 +30,8 @@ def export(rm: RunModel, fmt: str, out: Path, images=None) -> tuple[Path, dict]:
     a link at) and renamed into place: a model that disagrees leaves no file behind."""
     if fmt not in FORMATS:
         raise UserError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    with atomic_path(out, suffix=out.suffix or ".tmp") as tmp:  # .safetensors: read as one
+    # the suffix kept: checkpoint.load reads a .safetensors file by its name, never by pickle
+    with atomic_path(out, suffix=out.suffix or ".tmp") as tmp:
         _write_model(rm, fmt, tmp)
         result = check(rm, fmt, tmp, images, name=out)
     side = out.with_name(out.name + ".json")
