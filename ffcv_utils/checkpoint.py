@@ -1,22 +1,34 @@
 """Checkpoints that survive preemption: written to a temporary file and renamed into place, so a
-kill at any moment leaves the previous complete file, never a truncated one."""
+kill at any moment leaves the previous complete file, never a truncated one.
+
+Checkpoints are untrusted input: they are read with ``torch.load(weights_only=True)``, which
+refuses any pickled object but tensors, numbers, strings, lists and dicts, so a crafted file
+cannot run code. They hold only such plain data. Checkpoints of earlier versions also held the
+learning rates as numpy float64 scalars: exactly those numpy globals are allowed (``OLD_NUMPY``).
+A ``.safetensors`` file (export.py's weights) never goes through pickle. A trusted file with
+other objects is converted once, explicitly: ``main`` (ffcv-convert-checkpoint)."""
 from __future__ import annotations
 
 import errno
+import io
+import pickle
+import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .atomic import atomic_path
-from .cli import UserError
+from .cli import ArgParser, UserError
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 FINAL = "final_weights.pt"
 FINAL_EMA = "final_ema_weights.pt"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+CONVERT = "ffcv-convert-checkpoint"  # the explicit opt-in for a trusted file (``main``)
 
 
 class WriteError(UserError):
@@ -123,8 +135,105 @@ def save_epoch(state: dict, run_dir: Path, *, is_best: bool, backup: str | None)
         atomic_save(state, run_dir / backup)
 
 
-def load(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+class CheckpointError(UserError):
+    """A weights file that is unreadable, or that would need more than plain data to load."""
+
+
+# What checkpoints of earlier versions pickled for their numpy float64 learning rates: numpy's
+# scalar constructor (under its numpy 2 and numpy 1 names), numpy.dtype and the float64 dtype
+# class (a dtype is only built for an allowlisted class), nothing else. numpy refuses an object
+# scalar; other scalars are data, turned into Python values by _plain.
+OLD_NUMPY = ("numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.dtype",
+             "numpy.dtypes.Float64DType")
+
+
+def _old_numpy_globals() -> list:
+    """``OLD_NUMPY`` as torch.serialization.safe_globals takes them."""
+    import numpy as np
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import scalar
+    return [(scalar, OLD_NUMPY[0]), (scalar, OLD_NUMPY[1]), (np.dtype, OLD_NUMPY[2]),
+            (np.dtypes.Float64DType, OLD_NUMPY[3])]
+
+
+def _plain(obj):
+    """``obj`` with numpy scalars turned into Python numbers, in place (a state_dict keeps its
+    type and ``_metadata``): what an old checkpoint loads as is saved plain again."""
+    import numpy as np
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _plain(v)
+    elif isinstance(obj, list):
+        obj[:] = [_plain(v) for v in obj]
+    elif isinstance(obj, tuple):
+        return tuple(map(_plain, obj))
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _wanted_globals(path: Path | None, e: BaseException) -> str:
+    """The globals (functions, classes) a refused pickle at ``path`` names: what loading it
+    would call (without ``path``, or for a legacy file, the one torch's message names)."""
+    try:
+        names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                 if n not in OLD_NUMPY]
+    except Exception:  # no path, or not a zip checkpoint
+        names = re.findall(r"GLOBAL (\S+)", str(e))[:1]
+    return ", ".join(names)
+
+
+def _unpickler_reason(e: BaseException) -> str:
+    """torch's reason for a refused pickle, without its advice to load with full pickle."""
+    text = str(e).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "unreadable"
+
+
+def _refusal(path: Path, e: BaseException) -> str:
+    names = _wanted_globals(path, e)
+    why = (f"loading it would run code named in the file ({names}), not just read weights"
+           if names else f"it is not plain data ({_unpickler_reason(e)})")
+    return (f"{path}: refused: {why}; if you trust the file, convert it once: "
+            f"{CONVERT} {path} SAFE.pt --i-trust-this-file")
+
+
+def load(path: str | Path):
+    """A checkpoint's contents, read without running anything it pickled: tensors, numbers,
+    strings, lists, dicts (and an old checkpoint's numpy float64s, returned as floats). A
+    ``.safetensors`` file never goes through pickle. Anything else is one CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    try:
+        with torch.serialization.safe_globals(_old_numpy_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") \
+                from None
+        raise CheckpointError(_refusal(path, e)) from None
+    except Exception as e:  # not a checkpoint at all: a zip error, a truncated file
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
+    return _plain(obj)
+
+
+def _load_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # SafetensorError for a bad header, OSError for an unreadable file
+        raise CheckpointError(f"{path}: not a readable safetensors file "
+                              f"({_first_line(e)})") from None
 
 
 def strip_wrappers(state_dict: dict) -> dict:
@@ -151,18 +260,21 @@ def weights_from_file(path: str | Path, ema: bool = False) -> tuple[dict, dict]:
         return strip_wrappers(obj["model"]), obj
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return strip_wrappers(obj), {}
-    raise ValueError(f"{path} holds neither a state_dict nor a training checkpoint")
+    raise CheckpointError(f"{path} holds neither a state_dict nor a training checkpoint")
 
 
 def load_weights(model, path, what: str, ema: bool = False) -> tuple[dict, str]:
-    """Load ``path`` (a state_dict or a checkpoint) into ``model``; ``(checkpoint or {}, which
-    weights were loaded in words)``. A file that does not fit is one UserError naming ``what``."""
+    """Load ``path`` (a state_dict, a checkpoint or a .safetensors file) into ``model``;
+    ``(checkpoint or {}, which weights were loaded in words)``. A file that cannot be read
+    safely or does not fit is one UserError naming ``what``."""
     try:
         state, checkpoint = weights_from_file(path, ema=ema)
+    except CheckpointError as e:
+        raise UserError(f"{what}: {e}") from None
+    try:
         model.load_state_dict(state)
-    except Exception as e:  # a foreign file: pickle errors, wrong keys or shapes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{what}: cannot load {path} into this model: {first}") from None
+    except Exception as e:  # a foreign model: wrong keys or shapes
+        raise UserError(f"{what}: cannot load {path} into this model: {_first_line(e)}") from None
     return checkpoint, which_weights(checkpoint, ema)
 
 
@@ -180,3 +292,51 @@ def which_weights(checkpoint: dict, ema: bool) -> str:
         return "the checkpoint's EMA weights"
     return "the checkpoint's raw weights" + (" (it also holds EMA weights)" if has else
                                             " (it holds no EMA weights)")
+
+
+def convert(src: Path, dst: Path) -> None:
+    """Load ``src`` with full pickle (runs any code it holds: only for trusted files) and write
+    its plain contents to ``dst`` atomically; refused when they are not plain data."""
+    try:
+        obj = _plain(torch.load(src, map_location="cpu", weights_only=False))
+    except Exception as e:
+        raise UserError(f"{src}: cannot load: {_first_line(e)}") from None
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    try:  # what every tool here will read back, without the old-format allowance
+        torch.load(buf, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = _wanted_globals(None, e) or _unpickler_reason(e)
+        raise UserError(f"{src}: cannot convert: it holds objects beyond tensors, numbers, "
+                        f"strings, lists and dicts ({why})") from None
+    atomic_save(obj, dst)
+
+
+def main(argv=None) -> int:
+    """ffcv-convert-checkpoint IN OUT --i-trust-this-file: the one, explicit way to load a
+    checkpoint with full pickle."""
+    ap = ArgParser(prog=CONVERT, description="Rewrite a checkpoint you trust, which the tools "
+                   "here refuse because its pickle names functions or classes, as plain data "
+                   "(tensors, numbers, strings, lists, dicts) that loads without running code. "
+                   "Loading IN runs any code it holds.")
+    ap.add_argument("src", metavar="IN")
+    ap.add_argument("dst", metavar="OUT")
+    ap.add_argument("--i-trust-this-file", action="store_true",
+                    help="required: loading IN runs any code it holds")
+    a = ap.parse_args(argv)
+    if not a.i_trust_this_file:
+        raise UserError(f"refusing to load {a.src} with full pickle, which runs any code it "
+                        "holds; add --i-trust-this-file only if you made the file or trust its "
+                        "source")
+    if not Path(a.src).is_file():
+        raise UserError(f"{a.src}: no such file")
+    print(f"warning: loading {a.src} with full pickle: any code in it runs now", file=sys.stderr)
+    convert(Path(a.src), Path(a.dst))
+    print(f"wrote {a.dst}: plain data, loads without running code")
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import run_main
+    run_main(main, prog=CONVERT)

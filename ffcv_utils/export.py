@@ -1,5 +1,7 @@
-"""Export a run's model to ONNX or TorchScript, with its class list and preprocessing beside it,
-and check the exported model against PyTorch on real images (same top-1, logits within tolerance).
+"""Export a run's model to ONNX, TorchScript or safetensors (the weights alone, loaded without
+pickle by predict.py, --model.weights and the demo), with its description beside it (classes,
+preprocessing, architecture, the run's card), and check the exported model against PyTorch on
+real images (same top-1, logits within tolerance).
 
 ONNX goes through ``torch.onnx.export(..., dynamo=True)``: the exporter torch maintains (the older
 TorchScript-based one is deprecated); it needs onnxscript. onnxruntime runs the check."""
@@ -13,43 +15,38 @@ import numpy as np
 import torch
 
 from .cli import ArgParser, UserError
-from .data import IMAGENET_MEAN, IMAGENET_STD
-from .atomic import atomic_write_text
-from .predict import RunModel, collect, load_run_model, preprocess, to_input
+from .atomic import atomic_path, atomic_write_text
+from .predict import RunModel, collect, describe, load_run_model, preprocess, to_input
 
-FORMATS = ("onnx", "torchscript")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+FORMATS = ("onnx", "torchscript", "safetensors")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 
 
 def export(rm: RunModel, fmt: str, out: Path, images=None) -> tuple[Path, dict]:
-    """Write the model to ``out`` and ``out``'s sidecar ``.json`` (classes, preprocessing) once the
-    exported file agrees with PyTorch on real images (``check``); returns ``(sidecar, check's
-    result)``. A model that disagrees is refused and leaves no file behind."""
+    """Write the model to ``out`` and its description to ``out``'s sidecar ``.json`` (classes,
+    preprocessing, the run's card: see predict.describe) once the exported file agrees with
+    PyTorch on real images (``check``); returns ``(sidecar, check's result)``. The model is
+    written to a fresh temporary file in ``out``'s folder (never a name an attacker could plant
+    a link at) and renamed into place: a model that disagrees leaves no file behind."""
     if fmt not in FORMATS:
-        raise UserError(f"--format: must be onnx or torchscript, got {fmt!r}")
-    tmp = out.with_name(out.name + ".tmp")
-    try:
+        raise UserError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    # the suffix kept: checkpoint.load reads a .safetensors file by its name, never by pickle
+    with atomic_path(out, suffix=out.suffix or ".tmp") as tmp:
         _write_model(rm, fmt, tmp)
         result = check(rm, fmt, tmp, images, name=out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(out)
     side = out.with_name(out.name + ".json")
-    atomic_write_text(side, json.dumps({
-        "arch": rm.arch, "format": fmt, "classes": rm.classes, "input": "image, float32 NCHW RGB",
-        "preprocessing": {"resolution": rm.resolution, "crop_ratio": rm.crop_ratio,
-                          "crop": "centre square of crop_ratio x short side, resized to resolution",
-                          "mean_0_255": IMAGENET_MEAN, "std_0_255": IMAGENET_STD,
-                          "flip_tta": rm.flip_tta}},
-        indent=2) + "\n")
+    atomic_write_text(side, json.dumps(describe(rm, fmt), indent=2) + "\n")
     return side, result
 
 
 def _write_model(rm: RunModel, fmt: str, path: Path) -> None:
     model = rm.model.float().cpu().eval()
     example = torch.zeros(2, 3, rm.resolution, rm.resolution)
-    if fmt == "onnx":
+    if fmt == "safetensors":  # the weights predict loaded; tied tensors saved as copies
+        from safetensors.torch import save
+        path.write_bytes(save({k: v.detach().contiguous().clone()
+                               for k, v in model.state_dict().items()}))
+    elif fmt == "onnx":
         batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"],
                                     output_names=["logits"],
@@ -62,7 +59,18 @@ def _write_model(rm: RunModel, fmt: str, path: Path) -> None:
                 torch.jit.trace(model, example).save(str(path))
 
 
-def run_exported(fmt: str, path: Path, x: torch.Tensor) -> np.ndarray:
+def run_exported(fmt: str, path: Path, x: torch.Tensor,
+                 rm: RunModel | None = None) -> np.ndarray:
+    """The exported model's logits for ``x`` (a .safetensors file runs in a fresh model built
+    as ``rm``'s, loaded without pickle)."""
+    if fmt == "safetensors":
+        from .checkpoint import load_weights
+        from .models import create_model
+        model = create_model(rm.arch, len(rm.classes), use_blurpool=rm.blurpool,
+                             resolutions={rm.resolution})
+        load_weights(model, path, "--format safetensors")
+        with torch.no_grad():
+            return model.eval()(x).numpy()
     if fmt == "onnx":
         import onnxruntime as ort
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -103,7 +111,7 @@ def check(rm: RunModel, fmt: str, path: Path, images=None, atol: float = 1e-3,
         x = to_input(np.stack(arrays))
     with torch.no_grad():
         ref = rm.model.float().cpu()(x).numpy()
-    got = run_exported(fmt, path, x)
+    got = run_exported(fmt, path, x, rm)
     diff = float(np.abs(ref - got).max())
     same_top1 = bool((ref.argmax(1) == got.argmax(1)).all())
     if not same_top1 or diff > atol:
@@ -113,8 +121,9 @@ def check(rm: RunModel, fmt: str, path: Path, images=None, atol: float = 1e-3,
 
 
 def main(argv=None) -> int:
-    ap = ArgParser(prog="export.py", description="Export a trained run's model (ONNX or "
-                   "TorchScript) and check it against PyTorch on real images.")
+    ap = ArgParser(prog="export.py", description="Export a trained run's model (ONNX, "
+                   "TorchScript or safetensors weights) and check it against PyTorch on real "
+                   "images.")
     ap.add_argument("--weights", required=True)
     ap.add_argument("--format", required=True, choices=FORMATS)
     ap.add_argument("--check-images", nargs="+", metavar="IMAGE_OR_FOLDER",

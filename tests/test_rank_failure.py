@@ -61,7 +61,7 @@ def test_sigkill_of_one_rank_ends_the_run_and_resume_continues(digits_betons, tm
     [line] = [l for l in err.splitlines() if "train_imagenet.py: error: rank 0" in l]
     assert "lost contact with another process" in line, line
     assert "--training.resume auto --logging.run_id k" in line, line
-    state = torch.load(run_dir / "checkpoint_last.pt", weights_only=False)
+    state = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
     assert state["epoch"] == 1
     [record] = read_log(run_dir)
     assert record["val_images"] == 363  # both shards, rank 0's last batch a single image
@@ -72,4 +72,4 @@ def test_sigkill_of_one_rank_ends_the_run_and_resume_continues(digits_betons, tm
     assert "after epoch 1" in resumed.stderr and "Traceback" not in resumed.stderr
     assert "warning: training.epochs 2 is shorter than the config's 16" in resumed.stderr
     assert [r["epoch"] for r in read_log(run_dir)] == [0, 1]
-    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] == 2

@@ -122,7 +122,7 @@ def test_resume_mid_schedule_lands_in_its_stage_with_the_ema(rsb_run):
     log = [json.loads(line) for line in open(run_dir.parent / "resumed" / "log.jsonl")]
     assert [(r["epoch"], r["train_batch"]) for r in log] == [(2, 16)]
     saved = ckpt.strip_wrappers(torch.load(run_dir / "checkpoint_epoch_2.pt",
-                                           weights_only=False)["ema"])
+                                           weights_only=True)["ema"])
     final_ema = torch.load(run_dir.parent / "resumed" / ckpt.FINAL_EMA, weights_only=True)
     assert all(torch.equal(final_ema[k], saved[k]) for k in saved)
     raw = torch.load(run_dir.parent / "resumed" / ckpt.FINAL, weights_only=True)

@@ -69,7 +69,7 @@ def test_loader_failure_then_full_disk_each_end_with_one_line(small_digits_beton
     assert "--training.resume auto --logging.run_id r" in last
     run_dir = tmp_path / "r"
     checkpoint = run_dir / "checkpoint_last.pt"
-    assert torch.load(checkpoint, weights_only=False)["epoch"] == 1  # epoch 0 kept
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1  # epoch 0 kept
     [record] = read_log(run_dir)  # epoch 0, validated with a last batch of one image
     assert record["epoch"] == 0 and record["val_images"] == read_info(val)["num_samples"]
 

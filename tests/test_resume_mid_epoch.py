@@ -25,7 +25,7 @@ def wait_for_checkpoint(proc, path, done, deadline_s=300):
     while True:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         try:
-            state = torch.load(path, weights_only=False)
+            state = torch.load(path, weights_only=True)
             if done(state):
                 return state
         except (OSError, EOFError, RuntimeError):
@@ -64,7 +64,7 @@ def test_preempted_twice_then_resumed_equals_the_uninterrupted_run(digits_run):
     assert f"in epoch {killed['epoch']} at global step {killed['step']['step']}" in err
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "Traceback" not in err and "stopped by SIGTERM" in err
-    stopped = torch.load(saved, weights_only=False)
+    stopped = torch.load(saved, weights_only=True)
     assert killed["epoch"] < stopped["epoch"] < EPOCHS and stopped["step"]["step"] > 0, err[-2000:]
     assert f"global step {stopped['step']['step']} of epoch {stopped['epoch']}" in err
 
@@ -80,7 +80,7 @@ def test_preempted_twice_then_resumed_equals_the_uninterrupted_run(digits_run):
         assert (g["lr"], g["lr_end"], g["train_res"]) == (w["lr"], w["lr_end"], w["train_res"])
         assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-9, abs=1e-12), (g, w)
         assert g["train_images"] == w["train_images"] and g["top_1"] == w["top_1"]
-    assert torch.load(saved, weights_only=False)["epoch"] == EPOCHS
+    assert torch.load(saved, weights_only=True)["epoch"] == EPOCHS
 
 
 def test_two_processes_stopped_mid_epoch_continue_on_one(digits_betons, tmp_path):
@@ -98,7 +98,7 @@ def test_two_processes_stopped_mid_epoch_continue_on_one(digits_betons, tmp_path
     time.sleep(3)  # into epoch 1
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    state = torch.load(tmp_path / "w2" / "checkpoint_last.pt", weights_only=False)
+    state = torch.load(tmp_path / "w2" / "checkpoint_last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["step"], err[-3000:]
     one = run(*args, "--training.resume", "auto")  # one process takes the rest of the epoch
     assert one.returncode == 0, one.stderr[-3000:]

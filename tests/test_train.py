@@ -40,9 +40,9 @@ def test_training_learns_and_writes_every_output(digits_run):
     # final weights: a plain state_dict for the stock torchvision model
     plain = torchvision.models.resnet18(num_classes=10)
     plain.load_state_dict(torch.load(run_dir / "final_weights.pt", weights_only=True))
-    best = torch.load(run_dir / "checkpoint_best.pt", weights_only=False)
+    best = torch.load(run_dir / "checkpoint_best.pt", weights_only=True)
     assert best["best_top1"] == max(r["top_1"] for r in log)
-    last = torch.load(run_dir / "checkpoint_last.pt", weights_only=False)
+    last = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
     assert last["epoch"] == EPOCHS and {"model", "optimizer", "scaler"} <= set(last)
 
 

@@ -105,7 +105,7 @@ def test_sigint_in_an_epoch_stops_at_the_next_step_with_the_checkpoint_intact(st
     # which is saved as a step checkpoint a resume continues from
     assert ("stopped by SIGINT; the checkpoint of global step 1 of epoch 1 is intact. Continue "
             "with: --training.resume auto --logging.run_id s") in run["err"]
-    saved = torch.load(run["dir"] / "checkpoint_last.pt", weights_only=False)
+    saved = torch.load(run["dir"] / "checkpoint_last.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["step"]["step"] == 1, saved["step"]
     assert [r["epoch"] for r in read_log(run["dir"])] == [0]
     assert not list(run["dir"].glob("*.tmp"))

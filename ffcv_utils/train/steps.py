@@ -80,8 +80,8 @@ def train_epoch(setup, loader, lrs, env, epoch, *, accum_steps: int, log_level: 
     try:
         for k, (images, labels) in enumerate(wait.timed(iterator)):
             i = first + k
-            for group in recipe.optimizer.param_groups:
-                group["lr"] = lrs[i]
+            for group in recipe.optimizer.param_groups:  # a Python float: checkpoints hold
+                group["lr"] = float(lrs[i])             # plain data (see checkpoint.load)
             steps_now = (i + 1) % accum_steps == 0 or i == iters - 1
             loss = train_step(model, images, labels, recipe, env, setup.dtype,
                               setup.channels_last, epoch, i, groups[i], steps_now)
