@@ -175,8 +175,9 @@ def _plain(obj):
 
 
 def _first_line(e: BaseException) -> str:
+    """The first sentence of an error: torch's zip reader appends a paragraph of advice."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return text.splitlines()[0].split(". ")[0] if text else type(e).__name__
 
 
 def _wanted_globals(path: Path | None, e: BaseException) -> str:

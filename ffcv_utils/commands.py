@@ -33,3 +33,18 @@ def export() -> None:
 def inspect() -> None:
     from .inspect import main
     run_main(main, prog="ffcv-inspect")
+
+
+def convert_checkpoint() -> None:
+    from .checkpoint import main
+    run_main(main, prog="ffcv-convert-checkpoint")
+
+
+def demo() -> None:
+    from .demo import main
+    run_main(main, prog="ffcv-demo")
+
+
+def evaluate() -> None:
+    from .evaluate import main
+    run_main(main, prog="ffcv-eval")

@@ -170,7 +170,8 @@ def declare_sections(cfg: Config) -> Config:
                              "model (e.g. timm:convnext_tiny)", default="resnet18"),
         pretrained=Param(FLAG, "start from torchvision's (or timm's) pretrained weights (1/0)",
                           default=0),
-        weights=Param(TEXT, "weights or checkpoint file to start from / evaluate", default=""),
+        weights=Param(TEXT, "weights or checkpoint file (.pt, or .safetensors from export.py) to "
+                      "start from / evaluate", default=""),
         num_classes=Param(INT, "0: from the class list beside the training beton", default=0),
         weights_ema=Param(FLAG, "model.weights / eval-only: use a checkpoint's EMA weights when "
                                 "it carries them (1/0)", default=1),

@@ -230,12 +230,13 @@ def preprocess(path: str | Path, res: int, crop_ratio: float = DEFAULT_CROP_RATI
     side, resized to ``res``. Returns uint8 HWC RGB."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        side = max(1, round(min(w, h) * crop_ratio))
-        left, top = (w - side) // 2, (h - side) // 2
-        crop = np.asarray(im.crop((left, top, left + side, top + side)), dtype=np.uint8)
+    from .images import open_rgb
+
+    im = Image.fromarray(open_rgb(path))  # untrusted: over the pixel budget -> ImageRefused
+    w, h = im.size
+    side = max(1, round(min(w, h) * crop_ratio))
+    left, top = (w - side) // 2, (h - side) // 2
+    crop = np.asarray(im.crop((left, top, left + side, top + side)), dtype=np.uint8)
     import cv2  # the resize ffcv's decoder uses, so predictions match the trainer's validation
     return np.ascontiguousarray(cv2.resize(crop, (res, res), interpolation=cv2.INTER_AREA))
 
@@ -249,12 +250,19 @@ def to_input(batch: np.ndarray) -> torch.Tensor:
 
 
 def collect(paths) -> tuple[list[Path], list[str] | None]:
-    """Image files from files and folders; the label per file when one folder is ImageFolder-shaped."""
+    """Image files from files and folders; the label per file when one folder is
+    ImageFolder-shaped. Folders are walked as the writer walks them (regular files only, links
+    kept inside the folder and out of loops, hidden entries pruned); skips are said on stderr."""
+    from .sources.untrusted import visible, walk_files
+
     files, labels = [], None
     for p in map(Path, paths):
         if p.is_dir():
-            subdirs = sorted(d for d in p.iterdir() if d.is_dir())
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            subdirs = [d for d in p.iterdir() if visible(d.name) and d.is_dir()]
+            walked, skipped = walk_files(p)
+            for name, why in skipped:
+                print(f"skipped {name}: {why}", file=sys.stderr)
+            found = sorted(Path(f) for f in walked if Path(f).suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise UserError(f"{p}: no images in this folder")
             if subdirs and len(paths) == 1:

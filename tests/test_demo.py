@@ -115,7 +115,7 @@ def test_a_checkpoint_it_cannot_use_ends_it_in_one_line_before_serving(run_model
     for name in ("params.json", "classes.json"):
         shutil.copy(weights.parent / name, broken.parent / name)
     broken.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
-    cases = [((tmp_path / "missing.pt",), "no such file"), ((broken,), "cannot load"),
+    cases = [((tmp_path / "missing.pt",), "no such file"), ((broken,), "not a PyTorch checkpoint"),
              ((weights, "--examples", tmp_path / "nowhere"), "--examples: no such folder"),
              ((weights, "--examples", tmp_path), "--examples: no images in"),
              ((weights, "--concurrency", "0"), "--concurrency: must be at least 1")]

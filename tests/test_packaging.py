@@ -69,7 +69,8 @@ def test_console_scripts_are_the_top_level_commands():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     top = {"ffcv-write": "write_ffcv.py", "ffcv-train": "train_imagenet.py",
            "ffcv-find-lr": "find_lr.py", "ffcv-predict": "predict.py", "ffcv-export": "export.py",
-           "ffcv-inspect": None}
+           "ffcv-inspect": None, "ffcv-convert-checkpoint": None, "ffcv-demo": None,
+           "ffcv-eval": None}
     assert set(scripts) == set(top)
     commands = (REPO / "ffcv_utils" / "commands.py").read_text()
     for name, target in scripts.items():
