@@ -24,8 +24,8 @@ from benchmarks._common import REPO, machine_info  # noqa: E402
 
 
 def ensure_demo_betons(work: Path) -> tuple[Path, Path]:
-    from ffcv_utils.sample_data import make_digits_folder
-    from ffcv_utils.writer import write_split
+    from ffcv_utils.tools.sample_data import make_digits_folder
+    from ffcv_utils.write.writer import write_split
 
     digits = make_digits_folder(work / "digits")
     out = []

@@ -75,7 +75,7 @@ def folder_fingerprint(files: list[Path]) -> tuple[int, str]:
 def write_beton(data_dir: Path, path: Path, mode: str, workers: int) -> str:
     """Write ``data_dir/train`` to ``path``; returns which writer did it."""
     try:
-        from ffcv_utils.writer import write_split
+        from ffcv_utils.write.writer import write_split
     except ImportError:
         write_split = None
     if write_split is not None:  # it writes to a temporary file and renames it itself
@@ -97,7 +97,7 @@ def write_beton(data_dir: Path, path: Path, mode: str, workers: int) -> str:
 
 def _complete(path: Path) -> bool:
     """A cached beton cut short (a killed earlier run) is written again, not timed."""
-    from ffcv_utils.beton import BetonError, check
+    from ffcv_utils.beton.check import BetonError, check
 
     try:
         check(path)
@@ -211,13 +211,13 @@ def child_ffcv(args, stock: bool) -> dict:
                         pipelines={"image": image_pipeline, "label": label_pipeline},
                         distributed=False)
     elif args.child in ("val-fast", "val-ffcv"):
-        from ffcv_utils.data import val_loader
+        from ffcv_utils.load.loaders import val_loader
 
         loader = val_loader(args.beton, batch_size=args.batch_size, num_workers=args.workers,
                             res=args.val_res, device="cpu", in_memory=True,
                             decoder=args.child.split("-")[1])
     else:
-        from ffcv_utils.data import train_loader
+        from ffcv_utils.load.loaders import train_loader
 
         loader = train_loader(args.beton, batch_size=args.batch_size, num_workers=args.workers,
                               res=args.res, device="cpu", in_memory=True, seed=0).loader

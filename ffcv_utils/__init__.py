@@ -1,4 +1,4 @@
 """Reusable parts of the FFCV ImageNet toolkit: the scripts at the top level stay thin."""
-from .numba_cache import cache_ffcv_import_code
+from .base.numba_cache import cache_ffcv_import_code
 
 cache_ffcv_import_code()  # before any module of the package imports ffcv

@@ -53,7 +53,7 @@ def damaged_copy(beton, out: Path) -> Path:
     (that image decodes grey and is counted as a decode failure)."""
     from ffcv.reader import Reader
 
-    from ffcv_utils.dataset_info import sidecar_path
+    from ffcv_utils.beton.sidecar import sidecar_path
 
     shutil.copyfile(beton, out)
     shutil.copyfile(sidecar_path(beton), sidecar_path(out))

@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)  # this checkout's ffcv_utils, as for ``python train_im
 
 from ffcv.pipeline.operation import Operation  # noqa: E402
 
-import ffcv_utils.data as data  # noqa: E402
+import ffcv_utils.load.loaders as data  # noqa: E402
 
 mode, at = sys.argv[1], int(sys.argv[2])
 marker = sys.argv[3] if mode == "stall" else None

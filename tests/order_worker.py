@@ -36,7 +36,7 @@ def main():
         import torch.distributed as dist
 
         dist.init_process_group("gloo")
-    from ffcv_utils.data import train_loader
+    from ffcv_utils.load.loaders import train_loader
 
     starts, saved = json.loads(a.start), {}
     for mode in a.in_memory.split(","):

@@ -1,5 +1,5 @@
 """Truncated, empty and foreign betons are refused with one line naming the file, before ffcv
-opens them: by ``ffcv_utils.beton.check``, the trainer, ``python -m ffcv_utils.inspect`` and the
+opens them: by ``ffcv_utils.beton.check.check``, the trainer, ``python -m ffcv_utils.tools.inspect_beton`` and the
 benchmarks (real betons written by the toolkit, cut or replaced)."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_utils.beton import BetonError, check
-from ffcv_utils.dataset_info import read_info
+from ffcv_utils.beton.check import BetonError, check
+from ffcv_utils.beton.sidecar import read_info
 from helpers import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,17 +61,17 @@ def test_check_refuses_broken_betons_with_one_line(digits_betons, tmp_path, spli
 
 def test_inspect_refuses_a_truncated_beton(digits_betons, tmp_path, capsys, monkeypatch):
     bad = broken_copy(digits_betons[1], tmp_path, "cut-half")
-    code, _, err = run_script("-m ffcv_utils.inspect", [bad], capsys, monkeypatch)
+    code, _, err = run_script("-m ffcv_utils.tools.inspect_beton", [bad], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines() == [
-        f"python -m ffcv_utils.inspect: error: {bad}: truncated: "
+        f"python -m ffcv_utils.tools.inspect_beton: error: {bad}: truncated: "
         + err.split(": truncated: ", 1)[1].strip()]
 
 
 def test_trainer_refuses_broken_betons_with_one_line(digits_betons, tmp_path, capsys,
                                                      monkeypatch):
-    from ffcv_utils.config import load_config
-    from ffcv_utils.beton import check_trainer_betons
+    from ffcv_utils.train.config import load_config
+    from ffcv_utils.beton.check import check_trainer_betons
 
     train, val = digits_betons
     bad_train = broken_copy(train, tmp_path, "cut-half")
@@ -103,7 +103,7 @@ def test_benchmark_refuses_a_truncated_beton(digits_betons, tmp_path):
 
 def test_loaders_check_their_beton(digits_betons, tmp_path):
     """find_lr.py, export.py and the benchmarks open betons through these two functions."""
-    from ffcv_utils.data import train_loader, val_loader
+    from ffcv_utils.load.loaders import train_loader, val_loader
 
     bad = broken_copy(digits_betons[0], tmp_path, "cut-24")
     for make in (train_loader, val_loader):
@@ -127,7 +127,7 @@ def test_all_in_is_set_membership():
     """The check's membership test (sorted table + binary search) agrees with np.isin."""
     import numpy as np
 
-    from ffcv_utils.beton import all_in
+    from ffcv_utils.beton.check import all_in
 
     known = np.array([40, 8, 1 << 40, 16], np.uint64)  # unsorted, as an allocation table may be
     assert all_in(np.array([8, 16, 40, 1 << 40, 8], np.uint64), known)

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from ffcv_utils.cli import UserError
-from ffcv_utils.config import load_config
-from ffcv_utils.dataset_info import write_info
+from ffcv_utils.base.cli import UserError
+from ffcv_utils.train.config import load_config
+from ffcv_utils.beton.sidecar import write_info
 from ffcv_utils.train import plan
 from helpers import run_script
 

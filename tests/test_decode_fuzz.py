@@ -14,7 +14,7 @@ import resource
 import numpy as np
 import pytest
 
-from ffcv_utils import fast_decode
+from ffcv_utils.load import decode as fast_decode
 
 pytestmark = pytest.mark.skipif(not fast_decode.available(),
                                 reason="fast decoder C extension not built (make install)")
@@ -39,7 +39,7 @@ def samples():
     """(rgb, JPEG bytes) of real photos: baseline 4:2:0, progressive 4:4:4, greyscale, odd size."""
     from PIL import Image
 
-    from ffcv_utils.sample_data import _source_photos
+    from ffcv_utils.tools.sample_data import _source_photos
 
     src = _source_photos()
     small = [np.asarray(Image.fromarray(s).resize(size, Image.BILINEAR))

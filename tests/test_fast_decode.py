@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ffcv_utils import fast_decode
+from ffcv_utils.load import decode as fast_decode
 
 pytestmark = pytest.mark.skipif(not fast_decode.available(),
                                 reason="fast decoder C extension not built (make install)")
@@ -47,7 +47,7 @@ def photos():
     """Real photographs at several sizes and aspects, plus grayscale-converted and odd-sized ones."""
     from PIL import Image
 
-    from ffcv_utils.sample_data import _source_photos, imagenet_like_jpeg
+    from ffcv_utils.tools.sample_data import _source_photos, imagenet_like_jpeg
 
     rng = np.random.default_rng(7)
     src = _source_photos()
@@ -193,7 +193,7 @@ def test_damaged_jpegs_decode_grey_or_partially_and_are_counted(photos):
 @pytest.fixture(scope="module")
 def photo_betons(photos_dir, tmp_path_factory):
     """(proportion beton: JPEG and raw samples, all-JPEG beton) of the 30 val photos."""
-    from ffcv_utils.writer import write_split
+    from ffcv_utils.write.writer import write_split
 
     out = tmp_path_factory.mktemp("fast_decode_betons")
     mixed, jpeg = out / "mixed.beton", out / "jpeg.beton"
@@ -211,7 +211,7 @@ def _images(loader) -> np.ndarray:
 def test_val_loader_fast_matches_stock_ffcv(photo_betons):
     from ffcv.reader import Reader
 
-    from ffcv_utils.data import take_decode_failures, val_loader
+    from ffcv_utils.load.loaders import take_decode_failures, val_loader
 
     mixed = str(photo_betons[0])
     modes = Reader(mixed).metadata["f0"]["mode"]
@@ -248,7 +248,7 @@ def _damage(beton, out):
 
 @pytest.mark.timeout(180)
 def test_damaged_beton_decodes_without_crash_and_counts_failures(photo_betons, tmp_path):
-    from ffcv_utils.data import take_decode_failures, train_loader, val_loader
+    from ffcv_utils.load.loaders import take_decode_failures, train_loader, val_loader
 
     bad = str(_damage(photo_betons[1], tmp_path / "damaged.beton"))
     val = val_loader(bad, batch_size=8, num_workers=2, res=64)
@@ -311,7 +311,7 @@ def _lie_about_sizes(beton, out):
 @pytest.mark.timeout(180)
 def test_beton_with_lying_metadata_gives_grey_counted_samples(photo_betons, tmp_path):
     """Through the real loaders: the hostile samples come out grey and counted, the rest decode."""
-    from ffcv_utils.data import take_decode_failures, train_loader, val_loader
+    from ffcv_utils.load.loaders import take_decode_failures, train_loader, val_loader
 
     bad, hostile = _lie_about_sizes(photo_betons[0], tmp_path / "lying.beton")
     val = val_loader(str(bad), batch_size=8, num_workers=2, res=64)

@@ -1,4 +1,4 @@
-"""python -m ffcv_utils.inspect: what it reports must match the beton and its sidecar."""
+"""python -m ffcv_utils.tools.inspect_beton: what it reports must match the beton and its sidecar."""
 from __future__ import annotations
 
 import os
@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from ffcv_utils import dataset_info
-from ffcv_utils.cli import UserError
-from ffcv_utils.inspect import inspect_beton, main
+from ffcv_utils.beton import sidecar as dataset_info
+from ffcv_utils.base.cli import UserError
+from ffcv_utils.tools.inspect_beton import inspect_beton, main
 
 
 def test_facts_match_the_sidecar_and_the_folder(digits_betons, digits_dir):
@@ -65,7 +65,7 @@ def test_missing_or_bogus_files_are_user_errors(tmp_path):
 
 
 def test_many_classes_are_summarised(capsys):
-    from ffcv_utils.inspect import _report
+    from ffcv_utils.tools.inspect_beton import _report
 
     names = [f"n{i:08d}" for i in range(1000)]
     counts = np.full(1000, 1300)

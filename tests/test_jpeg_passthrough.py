@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffcv_utils.writer import write_split
+from ffcv_utils.write.writer import write_split
 
 W, H = 56, 40  # under max_resolution=64: no resize
 
@@ -78,7 +78,7 @@ def test_both_decoders_read_passed_through_jpegs_including_progressive_and_gray(
                                                                                 tmp_path):
     from ffcv.libffcv import imdecode
 
-    from ffcv_utils import fast_decode
+    from ffcv_utils.load import decode as fast_decode
 
     beton = tmp_path / "train.beton"
     write_split(jpegs, "train", beton, shuffle=False, max_resolution=64, write_mode="jpg",
@@ -99,7 +99,7 @@ def test_both_decoders_read_passed_through_jpegs_including_progressive_and_gray(
 
 
 def test_the_loaders_of_both_decoders_read_a_passthrough_beton(jpegs, tmp_path):
-    from ffcv_utils.data import val_loader
+    from ffcv_utils.load.loaders import val_loader
 
     beton = tmp_path / "train.beton"
     write_split(jpegs, "train", beton, shuffle=False, max_resolution=64, write_mode="jpg",

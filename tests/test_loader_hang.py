@@ -12,7 +12,7 @@ import pytest
 SCRIPT = r"""
 import sys
 import torch
-from ffcv_utils.data import normalize, train_loader, val_loader
+from ffcv_utils.load.loaders import normalize, train_loader, val_loader
 
 train, val = sys.argv[1], sys.argv[2]
 data = train_loader(train, batch_size=64, num_workers=2, res=32, seed=0)
@@ -42,6 +42,6 @@ def test_train_and_val_loaders_deliver_batches_without_hanging(digits_betons):
         pytest.fail("the ffcv Loader hung for 150 s: is a pipeline going jitted -> non-jitted "
                     "-> jitted again (ffcv issue 396)? See ffcv_utils/data.py")
     assert r.returncode == 0, r.stderr[-3000:]
-    from ffcv_utils.dataset_info import read_info
+    from ffcv_utils.beton.sidecar import read_info
 
     assert r.stdout.split()[-3:] == ["OK", "3", str(read_info(val)["num_samples"])]

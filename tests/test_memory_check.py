@@ -1,10 +1,10 @@
-"""data.in_memory auto: the betons' size against available memory (ffcv_utils.memory_check)."""
+"""data.in_memory auto: the betons' size against available memory (ffcv_utils.load.memory_check)."""
 from __future__ import annotations
 
 import pytest
 
-from ffcv_utils.cli import UserError
-from ffcv_utils.memory_check import check_memory, resolve_in_memory
+from ffcv_utils.base.cli import UserError
+from ffcv_utils.load.memory_check import check_memory, resolve_in_memory
 
 
 def _sparse(path, size):
@@ -36,7 +36,7 @@ def test_resolve_in_memory(tmp_path):
 
 
 def test_inspect_prints_the_verdict(digits_betons, capsys):
-    from ffcv_utils.inspect import main
+    from ffcv_utils.tools.inspect_beton import main
 
     main([str(p) for p in digits_betons])
     assert "memory: the betons (0.0 GB) fit in the memory available" in capsys.readouterr().out

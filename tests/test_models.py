@@ -4,8 +4,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ffcv_utils.checkpoint import strip_wrappers
-from ffcv_utils.models import BlurPoolConv2d, apply_blurpool, create_model, param_groups
+from ffcv_utils.train.checkpoint import strip_wrappers
+from ffcv_utils.train.models import BlurPoolConv2d, apply_blurpool, create_model, param_groups
 
 
 def test_blurpool_equals_fixed_blur_then_conv():
@@ -64,8 +64,8 @@ def test_timm_names_and_fixed_input_sizes():
     """timm:NAME builds timm's model; a misspelt or unprefixed name gets one line with the
     closest names; a fixed-size model without a dynamic size refuses a resolution change."""
     import pytest as _pytest
-    from ffcv_utils.cli import UserError
-    from ffcv_utils.models import blurpool_layers, check_arch
+    from ffcv_utils.base.cli import UserError
+    from ffcv_utils.train.models import blurpool_layers, check_arch
 
     model = create_model("timm:test_vit", 10, resolutions={24, 32, 48}, use_blurpool=True)
     assert model(torch.zeros(2, 3, 24, 24)).shape == (2, 10)  # dynamic size, padded patches
@@ -85,8 +85,8 @@ def test_timm_pretrained_without_network_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    code = ("from ffcv_utils.cli import run_main\n"
-            "from ffcv_utils.models import create_model\n"
+    code = ("from ffcv_utils.base.cli import run_main\n"
+            "from ffcv_utils.train.models import create_model\n"
             "run_main(lambda: create_model('timm:resnet10t', 10, pretrained=True) and 0)\n")
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

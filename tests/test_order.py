@@ -1,4 +1,4 @@
-"""The training order (ffcv_utils.order) and the seeded crops (ffcv_utils.draws), on a beton
+"""The training order (ffcv_utils.load.order) and the seeded crops (ffcv_utils.load.draws), on a beton
 whose labels are the sample ids: the global sequence per epoch on 1 and 2 real processes and
 across two torchrun nodes, the page-aware order, resuming on another number of processes, and
 crops that do not depend on the loader's threads."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ffcv_utils import order as O
+from ffcv_utils.load import order as O
 
 WORKER = str(Path(__file__).with_name("order_worker.py"))
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -275,7 +275,7 @@ def test_crops_are_seeded_per_sample(ids_beton, decoder):
     num_workers, which changed the model's CPU rounding with a loader setting)."""
     import torch
 
-    from ffcv_utils.data import train_loader
+    from ffcv_utils.load.loaders import train_loader
 
     torch.set_num_threads(2)
 
@@ -299,8 +299,8 @@ def test_page_aware_loader_reads_pages_directly_with_the_same_images(ids_beton, 
     ffcv's buffered page reads give; where O_DIRECT is refused (tmpfs) it reads buffered."""
     from ffcv.memory_managers import ProcessCacheManager
 
-    from ffcv_utils import direct_pages
-    from ffcv_utils.data import train_loader
+    from ffcv_utils.load import direct_pages
+    from ffcv_utils.load.loaders import train_loader
 
     real_open, opened = direct_pages._open_direct, []
     if real_open(str(ids_beton)) is None:
@@ -329,7 +329,7 @@ def test_page_aware_loader_reads_pages_directly_with_the_same_images(ids_beton, 
 
 def test_crop_draws_follow_the_sample_not_the_call():
     """The draws are a function of (seed, epoch, index): repeatable, varied, unbiased flips."""
-    from ffcv_utils.draws import SampleRandom
+    from ffcv_utils.load.draws import SampleRandom
 
     r = SampleRandom(3)
     boxes = [r.crop(i, 120, 90) for i in range(400)]

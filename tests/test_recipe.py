@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from ffcv_utils.cli import UserError
-from ffcv_utils.config import load_config
-from ffcv_utils.models import create_model
-from ffcv_utils.recipe import (RecipeLoss, Recipe, accumulation_groups, build_batch_augment,
+from ffcv_utils.base.cli import UserError
+from ffcv_utils.train.config import load_config
+from ffcv_utils.train.models import create_model
+from ffcv_utils.train.recipe import (RecipeLoss, Recipe, accumulation_groups, build_batch_augment,
                                build_criterion, build_ema, build_optimizer, optimizer_step,
                                update_ema)
 
@@ -84,7 +84,7 @@ def test_randaugment_groups_equal_torchvision_applied_image_by_image(images):
     statistics (contrast mean, equalize/autocontrast histograms), so the result must be what the
     same op and magnitude give applied to each image alone. Every op is drawn by two different
     images with the same magnitude, so each group holds images of different content."""
-    from ffcv_utils.recipe import PerSampleRandAugment
+    from ffcv_utils.train.recipe import PerSampleRandAugment
 
     ra = PerSampleRandAugment(num_ops=2, magnitude=7, magnitude_std=0.0)
     n_ops = len(ra.ops)
@@ -108,7 +108,7 @@ def test_randaugment_groups_equal_torchvision_applied_image_by_image(images):
 
 
 def test_randaugment_magnitudes_follow_the_noise(images):
-    from ffcv_utils.recipe import PerSampleRandAugment
+    from ffcv_utils.train.recipe import PerSampleRandAugment
 
     torch.manual_seed(0)
     fixed = PerSampleRandAugment(2, 9, 0.0).draw(4000)
@@ -262,7 +262,7 @@ def test_bad_recipe_keys_are_one_line_naming_the_key(digits_betons, extra, key):
 
 
 def test_sync_bn_is_a_no_op_alone_and_refused_on_cpu():
-    from ffcv_utils.recipe import apply_sync_bn
+    from ffcv_utils.train.recipe import apply_sync_bn
 
     model = create_model("resnet18", 10)
     assert apply_sync_bn(model, False, True, CPU) == (model, "")
@@ -273,7 +273,7 @@ def test_sync_bn_is_a_no_op_alone_and_refused_on_cpu():
 
 
 def test_periodic_checkpoint_names():
-    from ffcv_utils.recipe import periodic_checkpoint_name
+    from ffcv_utils.train.recipe import periodic_checkpoint_name
 
     assert [periodic_checkpoint_name(e, 2) for e in (1, 2, 3, 4)] == \
         [None, "checkpoint_epoch_2.pt", None, "checkpoint_epoch_4.pt"]
@@ -281,7 +281,7 @@ def test_periodic_checkpoint_names():
 
 
 def test_stage_schedule_parses_seed_000_form_and_refuses_nonsense():
-    from ffcv_utils.schedules import parse_stages, stage_at
+    from ffcv_utils.train.schedules import parse_stages, stage_at
 
     stages = parse_stages("0,128,512;5,160,384;10,192,320;15,224,256", 999)
     assert stages == [(0, 128, 512), (5, 160, 384), (10, 192, 320), (15, 224, 256)]
@@ -312,7 +312,7 @@ def test_stage_schedule_sets_batch_resolution_and_lr_per_epoch(digits_betons):
     """Each epoch (including one a resumed run starts at) gets its stage's batch and size, and
     the LR follows the linear scaling rule relative to training.batch_size."""
     import numpy as np
-    from ffcv_utils.schedules import epoch_lrs, stage_epoch_lrs
+    from ffcv_utils.train.schedules import epoch_lrs, stage_epoch_lrs
     from ffcv_utils.train import plan as ti
 
     p = params_for(digits_betons, "--training.batch_size", "64", "--training.epochs", "6",

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from ffcv_utils import checkpoint as ckpt
-from ffcv_utils.models import create_model
-from ffcv_utils.schedules import cosine_lr
+from ffcv_utils.train import checkpoint as ckpt
+from ffcv_utils.train.models import create_model
+from ffcv_utils.train.schedules import cosine_lr
 
 from helpers import ROOT, free_port
 

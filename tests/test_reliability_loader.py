@@ -16,9 +16,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ffcv_utils.dataset_info import read_info
-from ffcv_utils.data import shard_indices, train_loader, val_loader
-from ffcv_utils.watchdog import LoaderError, watch
+from ffcv_utils.beton.sidecar import read_info
+from ffcv_utils.load.loaders import shard_indices, train_loader, val_loader
+from ffcv_utils.load.watchdog import LoaderError, watch
 from helpers import ROOT
 
 # Loaders are collected after each test (numba's finalizer noise is filtered in pyproject.toml).
@@ -105,7 +105,7 @@ def test_exception_in_loader_thread_ends_iteration_with_one_line(digits_betons):
 
 
 def test_silent_loader_is_reported_after_the_stall_timeout(digits_betons, monkeypatch):
-    from ffcv_utils import watchdog
+    from ffcv_utils.load import watchdog
 
     _, val = digits_betons
     stuck = threading.Event()
@@ -170,7 +170,7 @@ def test_closing_an_epoch_early_ends_its_thread(small_digits_betons):
 
 LEAVE_EARLY = """
 import sys
-from ffcv_utils.data import train_loader
+from ffcv_utils.load.loaders import train_loader
 data = train_loader(sys.argv[1], batch_size=16, num_workers=1, res=64)
 for k, _ in enumerate(data.loader):
     if k == 1:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ffcv_utils.dataset_info import read_info
+from ffcv_utils.beton.sidecar import read_info
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # two training runs

@@ -118,8 +118,8 @@ def test_two_processes_stopped_mid_epoch_continue_on_one(digits_betons, tmp_path
 def small_page_betons(tmp_path_factory, digits_betons):
     """The digits at 128 px stored raw (~49 KB a sample) on ffcv's smallest pages (2 MiB): ~35
     pages, so the page-aware order deals many; the val beton is the shared one."""
-    from ffcv_utils import writer
-    from ffcv_utils.sample_data import make_digits_folder
+    from ffcv_utils.write import writer
+    from ffcv_utils.tools.sample_data import make_digits_folder
 
     root = tmp_path_factory.mktemp("small_pages")
     folder = make_digits_folder(root / "digits128", size=128)
@@ -132,7 +132,7 @@ def small_page_betons(tmp_path_factory, digits_betons):
 
 
 def test_page_aware_order_learns_like_the_random_order(small_page_betons, tmp_path):
-    from ffcv_utils.order import PageLayout
+    from ffcv_utils.load.order import PageLayout
 
     assert len(set(PageLayout.from_file(small_page_betons[0]).sample_page.tolist())) >= 30
     tops = {}

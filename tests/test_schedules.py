@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from ffcv_utils.schedules import (cosine_lr, cyclic_lr, epoch_lrs, lr_at, onecycle_lr,
+from ffcv_utils.train.schedules import (cosine_lr, cyclic_lr, epoch_lrs, lr_at, onecycle_lr,
                                   resolution_at, scaled_lr, step_lr)
 
 

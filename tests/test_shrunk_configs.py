@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_utils.cli import UserError
-from ffcv_utils.config import load_config
-from ffcv_utils.schedules import epoch_lrs, resolution_at
+from ffcv_utils.base.cli import UserError
+from ffcv_utils.train.config import load_config
+from ffcv_utils.train.schedules import epoch_lrs, resolution_at
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(ROOT.glob("rn*_configs/*.yaml"))

@@ -11,9 +11,9 @@ import torch
 
 from helpers import args_for
 
-from ffcv_utils import checkpoint as ckpt
-from ffcv_utils import distributed as du
-from ffcv_utils.config import load_config
+from ffcv_utils.train import checkpoint as ckpt
+from ffcv_utils.base import distributed as du
+from ffcv_utils.train.config import load_config
 from ffcv_utils.train import find_lr, run, steps
 from ffcv_utils.train.build import build_setup
 
@@ -24,14 +24,14 @@ CPU_ENV = du.DistEnv(0, 0, 1, 1, torch.device("cpu"))
 @pytest.mark.parametrize("decoder", ["ffcv", "fast"])
 def test_find_lr_uses_the_decoder_the_config_names(digits_betons, tmp_path, decoder,
                                                     monkeypatch):
-    from ffcv_utils import lr_finder
+    from ffcv_utils.train import lr_finder
 
     # a 5-step sweep may show no descent to suggest from: not this test's subject
     monkeypatch.setattr(lr_finder, "suggest", lambda lrs, losses: float(lrs[len(lrs) // 2]))
     result = find_lr.main(["--runs", "1", "--steps", "5", "--out", str(tmp_path / "lr.png"),
                            *args_for(digits_betons, tmp_path), "--data.decoder", decoder])
     gc.collect()
-    fast = type(result["decoder"]).__module__ == "ffcv_utils.fast_decode"
+    fast = type(result["decoder"]).__module__ == "ffcv_utils.load.decode"
     assert fast == (decoder == "fast"), type(result["decoder"])
 
 

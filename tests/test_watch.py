@@ -64,15 +64,15 @@ def test_trainer_writes_plot_and_plot_cli_overlays_runs(watched_run, tmp_path, c
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(png).size[0] > 1000
     out = tmp_path / "both.png"
-    code, _, err = run_script("-m ffcv_utils.plot", [run_dir, run_dir, "--out", out], capsys,
+    code, _, err = run_script("-m ffcv_utils.tools.plot", [run_dir, run_dir, "--out", out], capsys,
                               monkeypatch)
     assert code == 0 and out.is_file(), err
-    from ffcv_utils.plot import PANELS, load_runs, make_figure
+    from ffcv_utils.tools.plot import PANELS, load_runs, make_figure
     fig = make_figure(load_runs([run_dir, run_dir]))
     assert [ax.get_title() for ax in fig.axes] == [title for title, _ in PANELS]
     accuracy = fig.axes[1]
     assert len(accuracy.get_lines()) == 4  # top-1 and top-5 for each of the two runs (no EMA)
-    code, _, err = run_script("-m ffcv_utils.plot", [tmp_path], capsys, monkeypatch)
+    code, _, err = run_script("-m ffcv_utils.tools.plot", [tmp_path], capsys, monkeypatch)
     assert code == 2 and "no log.jsonl" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -130,8 +130,8 @@ def test_export_agrees_with_pytorch_on_real_images(watched_run, digits_dir, tmp_
     # independent check: run the exported file ourselves on one real image
     import numpy as np
     import torch
-    from ffcv_utils.export import run_exported
-    from ffcv_utils.predict import load_run_model, preprocess, to_input
+    from ffcv_utils.tools.export import run_exported
+    from ffcv_utils.tools.predict import load_run_model, preprocess, to_input
     rm = load_run_model(run_dir / "final_weights.pt")
     x = to_input(np.stack([preprocess(f, 32) for f in
                            sorted((Path(digits_dir) / "val").rglob("*.jpg"))[:3]]))
@@ -173,7 +173,7 @@ def test_tracking_is_one_line_when_missing_and_wandb_id_survives_resume(tmp_path
                                                                          capsys):
     from types import SimpleNamespace
 
-    from ffcv_utils import tracking
+    from ffcv_utils.train import tracking
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -199,7 +199,7 @@ def test_tracking_is_one_line_when_missing_and_wandb_id_survives_resume(tmp_path
 def test_wandb_online_without_login_is_one_line_not_a_prompt(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from ffcv_utils import tracking
+    from ffcv_utils.train import tracking
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -15,10 +15,10 @@ import psutil
 import pytest
 from PIL import Image
 
-from ffcv_utils import dataset_info
-from ffcv_utils.cli import UserError
-from ffcv_utils.pack import claim_temporary
-from ffcv_utils.write_cli import parse_args
+from ffcv_utils.beton import sidecar as dataset_info
+from ffcv_utils.base.cli import UserError
+from ffcv_utils.write.pack import claim_temporary
+from ffcv_utils.write.cli import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 WRITE = str(REPO / "write_ffcv.py")
@@ -154,7 +154,7 @@ def test_config_file_then_command_line(tmp_path):
 @pytest.fixture(scope="module")
 def big_dir(tmp_path_factory):
     """1,200 ImageNet-sized JPEGs (hard links to 40 distinct ones): a write of several seconds."""
-    from ffcv_utils.sample_data import _source_photos, imagenet_like_jpeg
+    from ffcv_utils.tools.sample_data import _source_photos, imagenet_like_jpeg
 
     root = tmp_path_factory.mktemp("big") / "train"
     src = tmp_path_factory.mktemp("src")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ffcv_utils import checkpoint as ckpt
+from ffcv_utils.train import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(200)

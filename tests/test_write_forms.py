@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ffcv_utils import sample_data as sd
+from ffcv_utils.tools import sample_data as sd
 
 ROOT = Path(__file__).resolve().parents[1]
 datasets = pytest.importorskip("datasets")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffcv_utils import dataset_info
-from ffcv_utils.cli import UserError
-from ffcv_utils.sources.base import Sample, Source
-from ffcv_utils.writer import write_source
+from ffcv_utils.beton import sidecar as dataset_info
+from ffcv_utils.base.cli import UserError
+from ffcv_utils.write.sources.base import Sample, Source
+from ffcv_utils.write.writer import write_source
 
 
 def _encoded(seed: int, fmt: str = "JPEG") -> bytes:

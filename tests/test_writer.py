@@ -1,4 +1,4 @@
-"""ffcv_utils.writer.write_split on real folders, read back with the real ffcv Reader/Loader."""
+"""ffcv_utils.write.writer.write_split on real folders, read back with the real ffcv Reader/Loader."""
 from __future__ import annotations
 
 import gc
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffcv_utils import dataset_info
-from ffcv_utils.cli import UserError
-from ffcv_utils.writer import write_split
+from ffcv_utils.beton import sidecar as dataset_info
+from ffcv_utils.base.cli import UserError
+from ffcv_utils.write.writer import write_split
 
 W, H = 48, 40  # small but not square, so a transposed image would show
 
@@ -231,7 +231,7 @@ def test_val_class_not_in_train_list_is_refused(messy, messy_written, tmp_path):
 def test_round_trip_digits_through_the_ffcv_loader(digits_dir, digits_betons):
     """ImageFolder -> beton -> the project's val loader: same count, labels and class list; val
     in folder order, train shuffled so that every stretch of it mixes the classes."""
-    from ffcv_utils.data import val_loader
+    from ffcv_utils.load.loaders import val_loader
 
     for split, beton in zip(("train", "val"), digits_betons):
         folder = Path(digits_dir) / split
@@ -316,9 +316,9 @@ def test_a_file_that_breaks_after_the_check_fails_the_write_instead_of_hanging(t
     import psutil
     from ffcv.fields import IntField, RGBImageField
 
-    from ffcv_utils.pack import WriteError, write_beton
-    from ffcv_utils.sources.base import Sample
-    from ffcv_utils.image_field import ImageJob
+    from ffcv_utils.write.pack import WriteError, write_beton
+    from ffcv_utils.write.sources.base import Sample
+    from ffcv_utils.write.image_field import ImageJob
 
     good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
     Image.fromarray(_photo(1)).save(good)
@@ -341,7 +341,7 @@ def test_a_file_that_breaks_after_the_check_fails_the_write_instead_of_hanging(t
 
 
 def test_class_lists_from_a_beton_a_json_or_a_text_file(messy_written, tmp_path):
-    from ffcv_utils.writer import read_class_list
+    from ffcv_utils.write.writer import read_class_list
 
     out, train, _ = messy_written
     assert read_class_list(out / "train.beton") == train["classes"]

@@ -9,5 +9,5 @@
 - ``run``: ``main`` and ``run`` in phases: set up, restore, train epochs, finish.
 - ``find_lr``: the LR range test, stepping through ``steps.train_step`` on the same set-up.
 
-The checkpoint format (what a resume reads back) is owned by ``ffcv_utils.checkpoint``.
+The checkpoint format (what a resume reads back) is owned by ``ffcv_utils.train.checkpoint``.
 """

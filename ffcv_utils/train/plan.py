@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cli import UserError
-from ..dataset_info import class_list_mismatch, read_info, sidecar_path
-from ..schedules import parse_stages, resolution_at, scaled_lr, stage_at
+from ..base.cli import UserError
+from ..beton.sidecar import class_list_mismatch, read_info, sidecar_path
+from .schedules import parse_stages, resolution_at, scaled_lr, stage_at
 
 
 def check_class_lists(p) -> tuple[int, list | None]:
