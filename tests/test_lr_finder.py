@@ -54,7 +54,7 @@ def test_finder_on_digits_gives_finite_lr_inside_the_sweep(digits_betons, tmp_pa
 def test_finder_steps_like_the_trainer_with_accumulation(digits_betons, tmp_path, monkeypatch):
     """With training.accum_steps 2 at half the batch, each LR is one optimizer step over two
     micro-batches: the same global batch (64), so the same lr.lr, as without accumulation."""
-    from ffcv_utils.train import recipe
+    from ffcv_utils.train import optim as recipe
 
     seen, swept = [], []
     real_step = recipe.optimizer_step  # what Recipe.optimizer_step calls, once per step

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from ffcv_utils.load import order as O
+from helpers import read_log
 
 WORKER = str(Path(__file__).with_name("order_worker.py"))
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -361,7 +362,6 @@ def test_trainer_loss_does_not_depend_on_loader_workers(small_digits_betons, tmp
         done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
                               timeout=500)
         assert done.returncode == 0, done.stderr[-3000:]
-        log = (tmp_path / f"w{workers}s{seed}" / "log.jsonl").read_text().splitlines()
-        losses.append([json.loads(line)["train_loss"] for line in log])
+        losses.append([r["train_loss"] for r in read_log(tmp_path / f"w{workers}s{seed}")])
     assert losses[0] == losses[1] and len(losses[0]) == 1
     assert losses[2] != losses[0]

@@ -14,9 +14,10 @@ from torch import nn
 from ffcv_utils.base.cli import UserError
 from ffcv_utils.train.config import load_config
 from ffcv_utils.train.models import create_model
-from ffcv_utils.train.recipe import (RecipeLoss, Recipe, accumulation_groups, build_batch_augment,
-                               build_criterion, build_ema, build_optimizer, optimizer_step,
-                               update_ema)
+from ffcv_utils.train.ema import build_ema, update_ema
+from ffcv_utils.train.loss import RecipeLoss, build_criterion
+from ffcv_utils.train.mixup import build_batch_augment
+from ffcv_utils.train.optim import Recipe, accumulation_groups, build_optimizer, optimizer_step
 
 pytestmark = pytest.mark.timeout(120)
 CPU = torch.device("cpu")
@@ -84,7 +85,7 @@ def test_randaugment_groups_equal_torchvision_applied_image_by_image(images):
     statistics (contrast mean, equalize/autocontrast histograms), so the result must be what the
     same op and magnitude give applied to each image alone. Every op is drawn by two different
     images with the same magnitude, so each group holds images of different content."""
-    from ffcv_utils.train.recipe import PerSampleRandAugment
+    from ffcv_utils.train.mixup import PerSampleRandAugment
 
     ra = PerSampleRandAugment(num_ops=2, magnitude=7, magnitude_std=0.0)
     n_ops = len(ra.ops)
@@ -108,7 +109,7 @@ def test_randaugment_groups_equal_torchvision_applied_image_by_image(images):
 
 
 def test_randaugment_magnitudes_follow_the_noise(images):
-    from ffcv_utils.train.recipe import PerSampleRandAugment
+    from ffcv_utils.train.mixup import PerSampleRandAugment
 
     torch.manual_seed(0)
     fixed = PerSampleRandAugment(2, 9, 0.0).draw(4000)
@@ -262,7 +263,7 @@ def test_bad_recipe_keys_are_one_line_naming_the_key(digits_betons, extra, key):
 
 
 def test_sync_bn_is_a_no_op_alone_and_refused_on_cpu():
-    from ffcv_utils.train.recipe import apply_sync_bn
+    from ffcv_utils.train.models import apply_sync_bn
 
     model = create_model("resnet18", 10)
     assert apply_sync_bn(model, False, True, CPU) == (model, "")
@@ -273,7 +274,7 @@ def test_sync_bn_is_a_no_op_alone_and_refused_on_cpu():
 
 
 def test_periodic_checkpoint_names():
-    from ffcv_utils.train.recipe import periodic_checkpoint_name
+    from ffcv_utils.train.checkpoint import periodic_checkpoint_name
 
     assert [periodic_checkpoint_name(e, 2) for e in (1, 2, 3, 4)] == \
         [None, "checkpoint_epoch_2.pt", None, "checkpoint_epoch_4.pt"]

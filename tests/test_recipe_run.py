@@ -3,7 +3,6 @@ LAMB, BCE, mixup/cutmix per sample, RandAugment, random erasing, EMA, clipping a
 accumulation together still learn well above chance (10 classes: 0.1), and the EMA is validated
 every epoch, checkpointed and written as final_ema_weights.pt. The same run changes its batch
 mid-way through resolution.schedule and keeps checkpoints every 2 epochs."""
-import json
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ from ffcv_utils.train import checkpoint as ckpt
 from ffcv_utils.train.models import create_model
 from ffcv_utils.train.schedules import cosine_lr
 
-from helpers import ROOT, free_port
+from helpers import ROOT, free_port, read_log
 
 EPOCHS = 4
 pytestmark = pytest.mark.slow
@@ -52,7 +51,7 @@ def test_rsb_recipe_learns_under_torchrun_with_ema(rsb_run):
     run_dir, result, _ = rsb_run
     # 32 x 2 processes x 2 accumulation steps = 128: the LR rule counts the accumulation
     assert "lr 0.02 for global batch 128" in result.stderr
-    log = [json.loads(line) for line in open(run_dir / "log.jsonl")]
+    log = read_log(run_dir)
     # resolution.schedule: from epoch 2 the loader has batch 16 and the LR follows it (x 0.5)
     assert "epoch 2: batch 16 per process" in result.stderr
     assert log[2]["lr"] == pytest.approx(0.5 * cosine_lr(2.0, lr=0.02, epochs=EPOCHS,
@@ -86,7 +85,7 @@ def test_rsb_recipe_learns_under_torchrun_with_ema(rsb_run):
 @pytest.mark.timeout(200)
 def test_eval_only_on_the_checkpoint_uses_and_names_its_ema_weights(rsb_run):
     run_dir, _, args = rsb_run
-    log = [json.loads(line) for line in open(run_dir / "log.jsonl")]
+    log = read_log(run_dir)
     train_args = args[args.index("--data.train_dataset"):args.index("--data.val_dataset") + 2]
     result = subprocess.run(
         [sys.executable, str(ROOT / "train_imagenet.py"), *train_args, "--model.arch", "resnet18",
@@ -97,7 +96,7 @@ def test_eval_only_on_the_checkpoint_uses_and_names_its_ema_weights(rsb_run):
         capture_output=True, text=True, cwd=ROOT, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the checkpoint's EMA weights" in result.stderr
-    record = json.loads((run_dir.parent / "eval" / "log.jsonl").read_text().splitlines()[-1])
+    record = read_log(run_dir.parent / "eval")[-1]
     assert "EMA weights" in record["weights"]
     assert record["top_1"] == pytest.approx(log[-1]["ema_top_1"], abs=1e-9)  # the same model
 
@@ -119,7 +118,7 @@ def test_resume_mid_schedule_lands_in_its_stage_with_the_ema(rsb_run):
         capture_output=True, text=True, cwd=ROOT, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "after epoch 2" in result.stderr and "no EMA weights" not in result.stderr
-    log = [json.loads(line) for line in open(run_dir.parent / "resumed" / "log.jsonl")]
+    log = read_log(run_dir.parent / "resumed")
     assert [(r["epoch"], r["train_batch"]) for r in log] == [(2, 16)]
     saved = ckpt.strip_wrappers(torch.load(run_dir / "checkpoint_epoch_2.pt",
                                            weights_only=False)["ema"])

@@ -9,7 +9,6 @@ write fails with one line and epoch 0's checkpoint stays as it was. (Resume fini
 after a failure is tested in test_rank_failure.py.)"""
 from __future__ import annotations
 
-import json
 import resource
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 from ffcv_utils.beton.sidecar import read_info
+from helpers import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # two training runs
@@ -45,10 +45,6 @@ def limit_file_size():
     for root too, unlike a read-only folder); writes past it fail with EFBIG."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 2**20, 2 * 2**20))
-
-
-def read_log(run_dir):
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
 def test_loader_failure_then_full_disk_each_end_with_one_line(small_digits_betons, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import EPOCHS, run_script
+from helpers import EPOCHS, read_log, run_script
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,7 +46,7 @@ def test_wandb_offline_run_folder_and_id_kept_for_resume(watched_run):
 
 def test_log_has_telemetry_and_classes_are_recorded(watched_run, digits_dir):
     run_dir, _ = watched_run
-    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    rows = read_log(run_dir)
     for r in rows:
         assert r["peak_gpu_mem_gb"] is None  # CPU: no allocator statistics
         assert 0 <= r["data_wait_s"] <= r["train_seconds"]
@@ -67,7 +67,7 @@ def test_trainer_writes_plot_and_plot_cli_overlays_runs(watched_run, tmp_path, c
     code, _, err = run_script("-m ffcv_utils.tools.plot", [run_dir, run_dir, "--out", out], capsys,
                               monkeypatch)
     assert code == 0 and out.is_file(), err
-    from ffcv_utils.tools.plot import PANELS, load_runs, make_figure
+    from ffcv_utils.train.metrics_plot import PANELS, load_runs, make_figure
     fig = make_figure(load_runs([run_dir, run_dir]))
     assert [ax.get_title() for ax in fig.axes] == [title for title, _ in PANELS]
     accuracy = fig.axes[1]
@@ -79,7 +79,7 @@ def test_trainer_writes_plot_and_plot_cli_overlays_runs(watched_run, tmp_path, c
 
 def test_predict_on_image_folder_matches_the_trainers_validation(watched_run, digits_dir, tool):
     run_dir, _ = watched_run
-    logged = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])["top_1"]
+    logged = read_log(run_dir)[-1]["top_1"]
     result = tool("predict.py", "--weights", run_dir / "final_weights.pt",
                   Path(digits_dir) / "val")
     assert result.returncode == 0, result.stderr

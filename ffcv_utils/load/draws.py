@@ -161,13 +161,13 @@ _ffcv_classes = None
 
 def _make_ffcv_classes():
     # ffcv is imported lazily (importing it costs seconds)
-    from dataclasses import replace
+    return _make_crop_class(), _make_flip_class()
 
+
+def _make_crop_class():
     from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder
     from ffcv.libffcv import imdecode, resize_crop
-    from ffcv.pipeline.allocation_query import AllocationQuery
     from ffcv.pipeline.compiler import Compiler
-    from ffcv.pipeline.operation import Operation
 
     class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
         """ffcv's decode-whole-then-crop decoder, the crop drawn from (seed, epoch, sample)."""
@@ -204,6 +204,16 @@ def _make_ffcv_classes():
             decode.is_parallel = True
             return decode
 
+    return SeededRandomResizedCrop
+
+
+def _make_flip_class():
+    from dataclasses import replace
+
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.pipeline.operation import Operation
+
     class SeededHorizontalFlip(Operation):
         """Mirror each image with ``flip_prob``, drawn from (seed, epoch, sample)."""
 
@@ -231,4 +241,4 @@ def _make_ffcv_classes():
             return (replace(previous_state, jit_mode=True),
                     AllocationQuery(previous_state.shape, previous_state.dtype))
 
-    return SeededRandomResizedCrop, SeededHorizontalFlip
+    return SeededHorizontalFlip

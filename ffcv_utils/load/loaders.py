@@ -16,7 +16,6 @@ import torch
 
 from . import order as orders
 from ..beton.check import check as check_beton
-from ..train.config import DECODERS
 from .draws import SampleRandom, seeded_ffcv_ops
 from .watchdog import watch
 
@@ -25,6 +24,8 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # FixRes / standard evaluation: centre crop of 224/256 of the shorter side.
 DEFAULT_CROP_RATIO = 224 / 256
+# Image decoders: "fast" (``decode``: crop-first, DCT-scaled) or ffcv's stock ones.
+DECODERS = ("fast", "ffcv")
 DEFAULT_DECODER = DECODERS[0]
 
 
@@ -91,13 +92,20 @@ def _center_crop_op(res: int, ratio: float, decoder: str):
     return CenterCropRGBImageDecoder((res, res), ratio=ratio)
 
 
-def _label_pipeline(device):
+# Extra ops for the label pipeline of each training loader built from now on: each hook is called
+# once per loader and returns an ffcv Operation (or None); it runs on the labels as CPU tensors,
+# non-jitted. The tests that provoke a failing or stalled loader add theirs here.
+TRAIN_LABEL_HOOKS: list = []
+
+
+def _label_pipeline(device, hooks=()):
     from ffcv.fields.basics import IntDecoder
     from ffcv.transforms import Squeeze, ToDevice, ToTensor
 
+    extra = [op for hook in hooks if (op := hook()) is not None]
     # Squeeze only the per-sample axis: a bare Squeeze() makes a 0-d label of a batch of one,
     # which ToDevice then fails on inside the loader thread (the run used to hang there).
-    return [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]
+    return [IntDecoder(), ToTensor(), *extra, Squeeze(1), ToDevice(device, non_blocking=True)]
 
 
 def _image_tail(device):
@@ -132,7 +140,8 @@ def train_loader(path: str, *, batch_size: int, num_workers: int, res: int,
     loader = _ordered_loader_class()(
         path, order, batch_size=batch_size, num_workers=num_workers, os_cache=in_memory,
         batches_ahead=batches_ahead,
-        pipelines={"image": [*ops, *_image_tail(device)], "label": _label_pipeline(device)})
+        pipelines={"image": [*ops, *_image_tail(device)],
+                   "label": _label_pipeline(device, TRAIN_LABEL_HOOKS)})
     return TrainData(watch(loader, path), op, order)
 
 

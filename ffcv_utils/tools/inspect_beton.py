@@ -9,7 +9,6 @@ Exit status 0 when everything is consistent, 1 when a problem was found (printed
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..beton import check as beton, sidecar as dataset_info
-from ..base.cli import UserError, run_main
+from ..base.cli import ArgParser, UserError, run_main
 from ..load.memory_check import check_memory
 
 _MODE_JPG = 0  # ffcv.fields.rgb_image.IMAGE_MODES['jpg']
@@ -135,12 +134,8 @@ def compare(results: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UserError(message)
-
-    parser = Parser(prog="python -m ffcv_utils.tools.inspect_beton",
-                    description=__doc__.split("\n\n")[0])
+    parser = ArgParser(prog="python -m ffcv_utils.tools.inspect_beton",
+                       description=__doc__.split("\n\n")[0])
     parser.add_argument("betons", nargs="+", help=".beton files")
     parser.add_argument("--all-classes", action="store_true",
                         help="list every class even when there are many")

@@ -12,7 +12,7 @@ import torch
 
 from ..train import checkpoint as ckpt
 from ..base.cli import ArgParser, UserError
-from ..load.loaders import DEFAULT_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
+from ..load.loaders import DEFAULT_CROP_RATIO, normalize
 from ..train.models import create_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -51,7 +51,7 @@ def load_run_model(weights: str | Path, device: torch.device | str = "cpu") -> R
     ckpt.load_weights(model, weights, f"--weights ({params['model.arch']})")
     model.eval().to(device)
     return RunModel(model, classes, int(params["validation.resolution"]),
-                    float(params.get("validation.crop_ratio", DEFAULT_CROP_RATIO)),
+                    DEFAULT_CROP_RATIO,  # the val loader's: no config key changes it
                     params["model.arch"], bool(params.get("validation.lr_tta", 0)),
                     str(params.get("data.val_dataset") or ""))
 
@@ -72,11 +72,8 @@ def preprocess(path: str | Path, res: int, crop_ratio: float = DEFAULT_CROP_RATI
 
 
 def to_input(batch: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC -> normalised float NCHW, the model's input."""
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """uint8 NHWC -> normalised float NCHW, the model's input (the validation's ``normalize``)."""
+    return normalize(torch.from_numpy(batch).permute(0, 3, 1, 2))
 
 
 def collect(paths) -> tuple[list[Path], list[str] | None]:

@@ -17,31 +17,21 @@ Each is written to a temporary folder and renamed into place, so a folder that e
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import shutil
 import tarfile
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..base.atomic import publish, temporary_folder_beside
+from ..base.cli import ArgParser, run_main
+
+PROG = "python -m ffcv_utils.tools.sample_data"
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-def _publish(tmp: Path, root: Path) -> Path:
-    """Move a finished temporary tree into place (atomic on one file system)."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(root)
-    return root
-
-
-def _tempdir_beside(root: Path) -> Path:
-    root.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
 
 
 def make_digits_folder(root: str | Path, size: int = 64, val_fraction: float = 0.2,
@@ -55,7 +45,7 @@ def make_digits_folder(root: str | Path, size: int = 64, val_fraction: float = 0
     digits = load_digits()
     rng = np.random.default_rng(seed)
     is_val = rng.random(len(digits.target)) < val_fraction
-    tmp = _tempdir_beside(root)
+    tmp = temporary_folder_beside(root)
     try:
         for i, (pixels, label) in enumerate(zip(digits.images, digits.target)):
             gray = (pixels * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
@@ -64,7 +54,8 @@ def make_digits_folder(root: str | Path, size: int = 64, val_fraction: float = 0
             folder = tmp / split / f"{label}_{DIGIT_NAMES[label]}"
             folder.mkdir(parents=True, exist_ok=True)
             img.save(folder / f"{i:05d}.jpg", quality=95)
-        return _publish(tmp, root)
+        publish(tmp, root)
+        return root
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -101,14 +92,15 @@ def make_photo_folder(root: str | Path, images: int = 2000, classes: int = 10,
         return root
     rng = np.random.default_rng(seed)
     photos = _source_photos()
-    tmp = _tempdir_beside(root)
+    tmp = temporary_folder_beside(root)
     try:
         for split, count in (("train", images), ("val", val_images)):
             for i in range(count):
                 folder = tmp / split / f"class_{i % classes:03d}"
                 folder.mkdir(parents=True, exist_ok=True)
                 imagenet_like_jpeg(rng, photos).save(folder / f"{i:06d}.JPEG", quality=90)
-        return _publish(tmp, root)
+        publish(tmp, root)
+        return root
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -156,10 +148,10 @@ def photo_set(photos: str | Path) -> dict[str, list[tuple[Path, int, str]]]:
 @contextmanager
 def _building(root: Path):
     """A temporary folder beside ``root``, published as ``root`` only when the body succeeds."""
-    tmp = _tempdir_beside(root)
+    tmp = temporary_folder_beside(root)
     try:
         yield tmp
-        _publish(tmp, root)
+        publish(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -302,7 +294,7 @@ def make_source_forms(photos: str | Path, root: str | Path) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
     d = sub.add_parser("digits", help="scikit-learn digits as an ImageFolder (train/ and val/)")
     d.add_argument("root")
@@ -334,4 +326,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, prog=PROG)

@@ -12,9 +12,11 @@ from . import checkpoint as ckpt
 from ..base import distributed as du
 from ..base.cli import UserError
 from ..load.loaders import train_loader, val_loader
-from .models import blurpool_layers, create_model
-from .recipe import (Recipe, apply_sync_bn, build_batch_augment, build_criterion, build_ema,
-                      build_optimizer)
+from .models import apply_sync_bn, blurpool_layers, create_model
+from .ema import build_ema
+from .loss import build_criterion
+from .mixup import build_batch_augment
+from .optim import Recipe, build_optimizer
 from .plan import batch_for, resolution_for, resolutions
 from .steps import amp_dtype
 

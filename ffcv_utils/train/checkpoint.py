@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..base.atomic import atomic_path
+from ..base.atomic import WriteError, atomic_path
 from ..base.cli import UserError
 
 LAST = "checkpoint_last.pt"
@@ -17,10 +17,6 @@ BEST = "checkpoint_best.pt"
 FINAL = "final_weights.pt"
 FINAL_EMA = "final_ema_weights.pt"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-class WriteError(UserError):
-    """A checkpoint could not be written (disk full, read-only folder); the old one is kept."""
 
 
 def _why(e: BaseException, folder: Path) -> str:
@@ -180,3 +176,10 @@ def which_weights(checkpoint: dict, ema: bool) -> str:
         return "the checkpoint's EMA weights"
     return "the checkpoint's raw weights" + (" (it also holds EMA weights)" if has else
                                             " (it holds no EMA weights)")
+
+
+def periodic_checkpoint_name(epoch_done: int, every: int) -> str | None:
+    """``checkpoint_epoch_N.pt`` after every ``every``-th completed epoch (kept beside last/best)."""
+    if every > 0 and epoch_done % every == 0:
+        return f"checkpoint_epoch_{epoch_done}.pt"
+    return None

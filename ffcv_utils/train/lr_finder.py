@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..tools.plot import save_figure
+from ..base.atomic import save_figure
 from ..base.distributed import DistEnv, all_reduce_sum
 
 SMOOTHING = 0.9      # EMA factor of the loss (bias-corrected)

@@ -205,3 +205,16 @@ def param_groups(model: nn.Module, weight_decay: float, *, bn_wd: bool = False,
     groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
               {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
     return [g for g in groups if g["params"]]
+
+
+def apply_sync_bn(model: nn.Module, enabled: bool, distributed: bool,
+                  device: torch.device) -> tuple[nn.Module, str]:
+    """SyncBatchNorm when asked for and useful (several processes); torch has it on GPUs only."""
+    if not enabled:
+        return model, ""
+    if not distributed:
+        return model, "training.sync_bn: one process, plain BatchNorm is the same thing"
+    if device.type != "cuda":
+        raise UserError("training.sync_bn: SyncBatchNorm runs on GPUs only (torch); "
+                        "use --training.sync_bn 0 on CPU")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model), "SyncBatchNorm across processes"

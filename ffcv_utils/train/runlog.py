@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..beton.sidecar import atomic_write_text
+from ..base.atomic import atomic_write_text
 from ..base.distributed import DistEnv, all_reduce_sum
 
 

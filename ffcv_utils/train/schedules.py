@@ -7,10 +7,11 @@ Epochs are floats: ``epoch + i / iters_per_epoch`` is iteration ``i`` of ``epoch
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-SCHEDULES = ("cyclic", "step", "cosine", "onecycle")
 # ffcv-imagenet starts its triangle at 1e-4 * lr rather than 0, so the first step is not wasted.
 START_FRACTION = 1e-4
 # One-cycle starts (and warm-ups rise) from lr / ONECYCLE_DIV, as in Smith's recipe.
@@ -57,20 +58,81 @@ def onecycle_lr(epoch: float, *, lr: float, epochs: int, pct_start: float = 0.3)
     return 0.5 * lr * (1 + math.cos(math.pi * (epoch - peak) / (epochs - peak)))
 
 
-def lr_at(epoch: float, *, schedule: str, lr: float, epochs: int, peak_epoch: float = 2,
-          step_ratio: float = 0.1, step_length: int = 30, warmup_epochs: float = 0.0,
-          pct_start: float = 0.3) -> float:
-    """The learning rate at a (fractional) epoch for any schedule type."""
-    if schedule == "cyclic":
-        return cyclic_lr(epoch, lr=lr, epochs=epochs, peak_epoch=peak_epoch)
-    if schedule == "step":
-        return step_lr(epoch, lr=lr, epochs=epochs, step_ratio=step_ratio,
-                       step_length=step_length, warmup_epochs=warmup_epochs)
-    if schedule == "cosine":
-        return cosine_lr(epoch, lr=lr, epochs=epochs, warmup_epochs=warmup_epochs)
-    if schedule == "onecycle":
-        return onecycle_lr(epoch, lr=lr, epochs=epochs, pct_start=pct_start)
-    raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {SCHEDULES}")
+@dataclass(frozen=True)
+class LrKey:
+    """An ``lr.*`` key that schedules take: the function's keyword, its type, help and default;
+    ``check(value, epochs)`` says what is wrong with a value (None: fine); ``shrink``: scaled with
+    a shortened run once it reaches training.epochs, as ``(as_int, minimum)``."""
+
+    keyword: str
+    kind: type
+    help: str
+    default: float
+    check: Callable[[float, int], str | None] | None = None
+    shrink: tuple[bool, int | None] | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An LR schedule: ``fn(epoch, *, lr, epochs, **its keys)``, the ``lr.*`` keys it reads
+    (``LR_KEYS``), and a check of those keys that only matters for this schedule."""
+
+    fn: Callable[..., float]
+    keys: tuple[str, ...]
+    check: Callable[[object, int], tuple[str, str] | None] | None = None
+
+
+def _peak_within(lr, epochs: int) -> tuple[str, str] | None:
+    if 0 <= lr.lr_peak_epoch <= epochs:
+        return None
+    return ("lr.lr_peak_epoch",
+            f"must be between 0 and training.epochs ({epochs}), got {lr.lr_peak_epoch}")
+
+
+# The lr section's schedule keys (config name -> LrKey): help text, config check and shrink rule.
+LR_KEYS = {
+    "lr_peak_epoch": LrKey("peak_epoch", float, "epoch at which the LR peaks", 2,
+                           shrink=(False, None)),
+    "step_ratio": LrKey("step_ratio", float, "LR multiplier at each step", 0.1,
+                        check=lambda v, _: None if 0 < v <= 1 else f"must be in (0, 1], got {v}"),
+    "step_length": LrKey("step_length", int, "epochs between steps", 30,
+                         check=lambda v, _: None if v >= 1 else f"must be at least 1, got {v}",
+                         shrink=(True, 1)),
+    "warmup_epochs": LrKey("warmup_epochs", float, "linear warm-up epochs", 0,
+                           check=lambda v, epochs: None if 0 <= v < epochs
+                           else f"must be in [0, training.epochs), got {v}",
+                           shrink=(False, None)),
+    "pct_start": LrKey("pct_start", float, "fraction of training spent warming up", 0.3,
+                       check=lambda v, _: None if 0 < v < 1 else f"must be in (0, 1), got {v}"),
+}
+# lr.lr_schedule_type -> Schedule: the one place to add a schedule
+SCHEDULES = {
+    "cyclic": Schedule(cyclic_lr, ("lr_peak_epoch",), check=_peak_within),
+    "step": Schedule(step_lr, ("step_ratio", "warmup_epochs", "step_length")),
+    "cosine": Schedule(cosine_lr, ("warmup_epochs",)),
+    "onecycle": Schedule(onecycle_lr, ("pct_start",)),
+}
+
+
+def key_users(key: str) -> list[str]:
+    """The schedules that read ``lr.<key>`` (for its help text)."""
+    return [name for name, s in SCHEDULES.items() if key in s.keys]
+
+
+def schedule_keywords(lr) -> dict:
+    """The keyword arguments ``lr.lr_schedule_type``'s function takes, from the lr section."""
+    return {LR_KEYS[k].keyword: getattr(lr, k) for k in SCHEDULES[lr.lr_schedule_type].keys}
+
+
+def lr_at(epoch: float, *, schedule: str, lr: float, epochs: int, **keywords) -> float:
+    """The learning rate at a (fractional) epoch for any schedule type; keywords the schedule
+    does not take are ignored."""
+    entry = SCHEDULES.get(schedule)
+    if entry is None:
+        raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {tuple(SCHEDULES)}")
+    taken = {LR_KEYS[k].keyword for k in entry.keys}
+    return entry.fn(epoch, lr=lr, epochs=epochs,
+                    **{k: v for k, v in keywords.items() if k in taken})
 
 
 def epoch_lrs(epoch: int, iters: int, **schedule) -> np.ndarray:

@@ -5,11 +5,11 @@ Only keys that came from config files or defaults are changed, and only when the
 than the recipe (``training.epochs`` given on the command line below the files' value) and the
 key no longer fits: they are scaled by ``epochs / recipe_epochs``, keeping the recipe's shape.
 A value the user typed on the command line is never changed; nonsense is still refused by
-``config.check_values``.
+``checks.check_values``.
 """
 from __future__ import annotations
 
-from .schedules import parse_stages
+from .schedules import LR_KEYS, SCHEDULES, parse_stages
 
 
 def _scaled(value, epochs: int, recipe: int, as_int: bool):
@@ -41,12 +41,10 @@ def fit_to_epochs(p, recipe_epochs: int, given: set[str]) -> list[str]:
             notes.append(f"{name} {old:g} -> {new:g}")
 
     lr, res = p.lr, p.resolution
-    if lr.lr_schedule_type == "cyclic" and lr.lr_peak_epoch >= epochs:  # no decay left
-        fit("lr", "lr_peak_epoch")
-    if lr.lr_schedule_type in ("step", "cosine") and lr.warmup_epochs >= epochs:
-        fit("lr", "warmup_epochs")
-    if lr.lr_schedule_type == "step" and lr.step_length >= epochs:
-        fit("lr", "step_length", as_int=True, minimum=1)
+    for key in SCHEDULES[lr.lr_schedule_type].keys:  # e.g. a cyclic peak past the end
+        rule = LR_KEYS[key].shrink
+        if rule is not None and getattr(lr, key) >= epochs:
+            fit("lr", key, as_int=rule[0], minimum=rule[1])
     if res.end_ramp > epochs and not {"resolution.start_ramp", "resolution.end_ramp"} & given:
         fit("resolution", "start_ramp", as_int=True)
         fit("resolution", "end_ramp", as_int=True)
@@ -61,7 +59,7 @@ def fit_stages(p, epochs: int, recipe_epochs: int, notes: list[str]) -> None:
     try:
         stages = parse_stages(p.resolution.schedule, p.training.batch_size)
     except ValueError:
-        return  # refused with its reason by config.check_values
+        return  # refused with its reason by checks.check_values
     if stages[-1][0] < epochs:
         return
     fitted: dict[int, tuple[int, int]] = {}

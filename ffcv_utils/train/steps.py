@@ -12,7 +12,7 @@ from ..base import distributed as du
 from . import telemetry
 from ..load.loaders import normalize
 from .runlog import SumMeter
-from .recipe import accumulation_groups
+from .optim import accumulation_groups
 
 # How often (in iterations) distributed ranks agree on whether a stop signal arrived: each check
 # is one tiny all_reduce plus a host sync.

@@ -99,7 +99,7 @@ class _WandB:
         id_file = run_dir / WANDB_ID_FILE
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         if not id_file.exists():
-            from ..beton.sidecar import atomic_write_text
+            from ..base.atomic import atomic_write_text
             atomic_write_text(id_file, run_id + "\n")
         run = wandb.init(project=p.logging.wandb_project, name=p.logging.wandb_name or None,
                          mode=p.logging.wandb_mode, id=run_id, resume="allow",

@@ -1,22 +1,22 @@
 """``write_ffcv.py``'s command line: ``--split`` and ffcv-imagenet's ``--cfg.*`` keys, also
-settable in JSON/YAML config files under ``cfg:``; parsed and checked by ``ffcv_utils.config``,
+settable in JSON/YAML config files under ``cfg:``; parsed and checked by ``ffcv_utils.base.cli``,
 the trainer's parser, so misspelt keys get the same suggestions and one-line errors."""
 from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from fastargs import Config, Param, Section
-from fastargs.validation import And, InRange, OneOf
+from fastargs.validation import OneOf
 
-from ..base.cli import UserError
-from ..train.config import FLAG, FLOAT, INT, TEXT, check_types, collect
-from .writer import (DEFAULT_DATA_DIR, DEFAULT_WRITE_PATH, PUBLISHED, SPLITS, WRITE_MODES,
-                     Terminated, WriteError, format_summary, write_split)
+from ..base.cli import INT, TEXT, UserError, check_types, collect
+from .sources.registry import source_options
+from .writer import (DEFAULT_DATA_DIR, DEFAULT_WRITE_PATH, SPLITS, Settings, Terminated,
+                     WriteError, format_summary, write_split)
 
 PROG = "write_ffcv.py"
-POS_INT = And(INT, InRange(min=1))
 PARAMS = {  # name: (checker, description, default)
     "dataset": (OneOf(["imagenet", "imagefolder"]),
                 "kept for ffcv-imagenet configs: imagenet (any ImageFolder tree)", "imagenet"),
@@ -24,36 +24,11 @@ PARAMS = {  # name: (checker, description, default)
     "data_dir": (TEXT, "folder holding <split>/<class>/<images>, or the split folder itself",
                  DEFAULT_DATA_DIR),
     "write_path": (TEXT, "output .beton ({split} is replaced by the split)", DEFAULT_WRITE_PATH),
-    "max_resolution": (POS_INT, "longest side of stored images (larger ones are shrunk)",
-                       PUBLISHED["max_resolution"]),
-    "write_mode": (OneOf(list(WRITE_MODES)), "raw, smart, jpg or proportion",
-                   PUBLISHED["write_mode"]),
-    "compress_probability": (And(FLOAT, InRange(0, 1)),
-                             "share of images stored as JPEG in proportion mode",
-                             PUBLISHED["compress_probability"]),
-    "jpeg_quality": (And(FLOAT, InRange(1, 100)), "JPEG quality of compressed images",
-                     PUBLISHED["jpeg_quality"]),
-    "reencode": (FLAG, "1: re-encode source JPEGs; 0: store those needing no resize as they are",
-                 0),
-    "shuffle": (FLAG, "train: write the images in a seeded shuffled order, so each page mixes "
-                      "the classes (for the trainer's page-aware order); 0: folder order", 1),
+    **Settings.options(),
     "num_workers": (INT, "writer processes (default: all CPUs)", None),
-    "chunk_size": (POS_INT, "images per work item", 100),
-    "subset": (INT, "write only this many images, spread over the classes (-1: all)", -1),
     "class_list": (TEXT, "class order for val: a train beton, its .json, or a list", None),
-    "val_labels": (TEXT, "labels of a flat folder or tar: Kaggle's LOC_val_solution.csv or a "
-                         "CSV file,class", None),
-    "devkit": (TEXT, "ILSVRC2012 devkit (folder or .tar.gz) labelling the flat val images",
-               None),
-    "hf_dataset": (TEXT, "Hugging Face dataset: a Hub name in the local cache or a folder of "
-                         "parquet shards (pip install -e '.[hf]')", None),
-    "hf_split": (TEXT, "its split (default: train, or validation for --split val)", None),
-    "hf_image_column": (TEXT, "its image column (default: the first Image feature)", None),
-    "hf_label_column": (TEXT, "its label column (default: the first ClassLabel)", None),
-    "wds_shards": (TEXT, "webdataset .tar shards: a folder or a brace pattern", None),
+    **{k: (TEXT, help, None) for k, help in source_options().items()},
 }
-SOURCE_KEYS = ("val_labels", "devkit", "hf_dataset", "hf_split", "hf_image_column",
-               "hf_label_column", "wds_shards")
 
 
 def help_text() -> str:
@@ -94,14 +69,11 @@ def parse_args(argv: list[str] | None = None) -> dict:
     write_path = Path(values["write_path"].format(split=split))
     if write_path.is_dir():
         write_path = write_path / f"{split}.beton"
+    settings = Settings.checked(**{k: values[k] for k in Settings.options()})
     return dict(data_dir=values["data_dir"], split=split, write_path=str(write_path),
-                max_resolution=values["max_resolution"], write_mode=values["write_mode"],
-                compress_probability=values["compress_probability"],
-                jpeg_quality=int(values["jpeg_quality"]), num_workers=values["num_workers"],
-                chunk_size=values["chunk_size"], subset=values["subset"],
-                reencode=bool(values["reencode"]), shuffle=bool(values["shuffle"]),
+                **asdict(settings), num_workers=values["num_workers"],
                 class_list=values["class_list"],
-                source_options={k: values[k] for k in SOURCE_KEYS if values[k]})
+                source_options={k: values[k] for k in source_options() if values[k]})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .images import load_rgb
-from .pack import WriteError
+from ..base.atomic import WriteError
 from .sources.base import Sample
 
 # write_mode='smart': JPEG-compress images whose raw pixels exceed a 256x256 RGB image; keep

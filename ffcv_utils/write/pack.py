@@ -24,13 +24,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..base.processes import child_setup
-from ..base.cli import UserError
+from ..base.atomic import WriteError
 
 PAGE_MIN = 1 << 23  # ffcv's default page size (8 MiB)
-
-
-class WriteError(RuntimeError):
-    """Writing failed after the input was accepted (a writer process died, a file changed)."""
 
 
 def page_size_for(raw_sizes: list[int]) -> int:
@@ -39,35 +35,6 @@ def page_size_for(raw_sizes: list[int]) -> int:
     zero padding of each writer process's last page."""
     floor = PAGE_MIN if sum(raw_sizes) > 32 * PAGE_MIN else PAGE_MIN // 4
     return max(floor, 1 << max(0, int(2 * max(raw_sizes) - 1).bit_length()))
-
-
-def claim_temporary(target: Path) -> Path:
-    """Create the folder, clear stale temporaries of dead writers, and claim a temporary file."""
-    if target.is_dir():
-        raise UserError(f"output path is a folder: {target}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {target.parent}: "
-                        f"{e.strerror or e}") from None
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):
-        try:
-            pid = int(stale.name[len(target.name) + 2:-4])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            stale.unlink(missing_ok=True)
-        except (ValueError, OSError):
-            pass
-    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        os.close(fd)
-    except FileExistsError:
-        tmp.unlink()
-        return claim_temporary(target)
-    except OSError as e:
-        raise UserError(f"cannot write to {target.parent}: {e.strerror or e}") from None
-    return tmp
 
 
 class _Jobs:

@@ -98,13 +98,13 @@ def _probe_all(items: Iterable[tuple[int, Sample]], max_resolution: int, num_wor
 
 def check_source(source: Source, *, max_resolution: int, num_workers: int, subset: int = -1,
                  progress: bool = False) -> Checked:
-    """Decode every candidate of ``source`` (or of its ``subset``: choosing it reads the source
-    once more, for the labels) and sort good from bad."""
+    """Decode every candidate of ``source`` (or of its ``subset``, chosen from
+    ``source.labels()``) and sort good from bad."""
     from tqdm import tqdm
 
     chosen = None
     if subset > 0:
-        chosen = subset_positions([s.label for s in source], len(source.classes), subset)
+        chosen = subset_positions(source.labels(), len(source.classes), subset)
     total = len(source) if chosen is None else len(chosen)
     items = ((i, s) for i, s in enumerate(source) if chosen is None or i in chosen)
     out = Checked(len(source.classes))

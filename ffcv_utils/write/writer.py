@@ -15,20 +15,22 @@ SIGINT and SIGTERM stop every helper process and remove the temporary file.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..beton import sidecar as dataset_info
-from ..base.atomic import publish
+from ..base.atomic import claim_temporary, publish
 from .source_check import Checked, check_source
 from ..base.processes import Terminated, default_num_workers, signals_blocked, sigterm_raises
-from ..base.cli import UserError
+from fastargs.validation import And, InRange, OneOf
+
+from ..base.cli import FLAG, FLOAT, INT, UserError
 from .image_field import SMART_THRESHOLD, ImageJob, image_field, stores_jpeg
+from .classes import read_class_list, reference_classes
 from .images import resized
-from .pack import WriteError, claim_temporary, page_size_for, write_beton
+from .pack import WriteError, page_size_for, write_beton
 from .sources.base import Sample, Source
 from .sources.imagefolder import SPLITS, ImageFolder
 
@@ -43,40 +45,64 @@ DEFAULT_WRITE_PATH = "./data/{split}.beton"
 DEFAULT_DATA_DIR = "./imagenet"
 
 
+def _setting(default, checker, help: str, cast=None):
+    """A ``Settings`` field: its default, its checker and help (the command line's
+    ``--cfg.<name>``) and the type ``checked`` casts to."""
+    return field(default=default, metadata={"checker": checker, "help": help, "cast": cast})
+
+
+POS_INT = And(INT, InRange(min=1))
+
+
 @dataclass(frozen=True)
 class Settings:
-    """How images are stored; recorded in the sidecar."""
+    """How images are stored; recorded in the sidecar. The one place the settings are spelled:
+    the command line's options and ``checked`` come from these fields."""
 
-    max_resolution: int = PUBLISHED["max_resolution"]
-    write_mode: str = PUBLISHED["write_mode"]
-    compress_probability: float = PUBLISHED["compress_probability"]
-    jpeg_quality: int = PUBLISHED["jpeg_quality"]
-    chunk_size: int = 100
-    subset: int = -1
-    reencode: bool = False  # True: never store a source JPEG's own bytes (image_field)
+    max_resolution: int = _setting(PUBLISHED["max_resolution"], POS_INT,
+                                   "longest side of stored images (larger ones are shrunk)", int)
+    write_mode: str = _setting(PUBLISHED["write_mode"], OneOf(list(WRITE_MODES)),
+                               "raw, smart, jpg or proportion", str)
+    compress_probability: float = _setting(PUBLISHED["compress_probability"],
+                                           And(FLOAT, InRange(0, 1)),
+                                           "share of images stored as JPEG in proportion mode",
+                                           float)
+    jpeg_quality: int = _setting(PUBLISHED["jpeg_quality"], And(FLOAT, InRange(1, 100)),
+                                 "JPEG quality of compressed images", int)
+    chunk_size: int = _setting(100, POS_INT, "images per work item", int)
+    subset: int = _setting(-1, INT, "write only this many images, spread over the classes "
+                                    "(-1: all)", lambda v: int(v or -1))
+    # True: never store a source JPEG's own bytes (image_field)
+    reencode: bool = _setting(0, FLAG, "1: re-encode source JPEGs; 0: store those needing no "
+                                       "resize as they are", bool)
     # train from an ImageFolder tree: samples in a seeded shuffled order, so every page mixes the
     # classes (the page-aware order, data.in_memory 0, shuffles within a few pages only)
-    shuffle: bool = True
+    shuffle: bool = _setting(1, FLAG, "train: write the images in a seeded shuffled order, so "
+                                      "each page mixes the classes (for the trainer's page-aware "
+                                      "order); 0: folder order", bool)
 
     @classmethod
     def checked(cls, **kw) -> "Settings":
         """Settings from keyword arguments, each refused with one line when out of range."""
-        s = cls(**kw)
-        if s.write_mode not in WRITE_MODES:
-            raise UserError(f"write_mode must be one of {', '.join(WRITE_MODES)}, "
-                            f"not {s.write_mode!r}")
-        if int(s.max_resolution) < 1:
-            raise UserError(f"max_resolution must be at least 1, not {s.max_resolution}")
-        if not 0.0 <= float(s.compress_probability) <= 1.0:
-            raise UserError(f"compress_probability must be in [0, 1], "
-                            f"not {s.compress_probability}")
-        if not 1 <= int(s.jpeg_quality) <= 100:
-            raise UserError(f"jpeg_quality must be in [1, 100], not {s.jpeg_quality}")
-        if int(s.chunk_size) < 1:
-            raise UserError(f"chunk_size must be at least 1, not {s.chunk_size}")
-        return cls(int(s.max_resolution), s.write_mode, float(s.compress_probability),
-                   int(s.jpeg_quality), int(s.chunk_size), int(s.subset or -1),
-                   bool(s.reencode), bool(s.shuffle))
+        unknown = set(kw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values = {}
+        for f in fields(cls):
+            value, checker = kw.get(f.name, f.default), f.metadata["checker"]
+            if f.name == "subset" and value is None:
+                value = -1
+            try:
+                values[f.name] = f.metadata["cast"](checker.check(value))
+            except (TypeError, ValueError):
+                raise UserError(f"{f.name}: expected {checker.help()}, got {value!r}") from None
+        return cls(**values)
+
+    @classmethod
+    def options(cls) -> dict:
+        """``{name: (checker, help, default)}`` for the command line."""
+        return {f.name: (f.metadata["checker"], f.metadata["help"], f.default)
+                for f in fields(cls)}
 
     def fields(self) -> dict:
         from ffcv.fields import IntField
@@ -91,63 +117,6 @@ class Settings:
             return 0
         return sum(stores_jpeg(self.write_mode, self.compress_probability, i, w, h)
                    for i, (ok, (w, h)) in enumerate(zip(checked.as_is, checked.sizes)) if ok)
-
-
-# --------------------------------------------------------------------------------------------
-# Class lists
-
-
-def read_class_list(path: str | Path) -> list[str]:
-    """Class names from a beton (its sidecar), a sidecar/JSON file, or a text file (one a line)."""
-    p = Path(path).expanduser()
-    if p.suffix != ".json" and dataset_info.sidecar_path(p).exists():
-        p = dataset_info.sidecar_path(p)
-    if not p.is_file():
-        raise UserError(f"class list not found: {path}")
-    text = p.read_text()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        if p.suffix == ".json":
-            raise UserError(f"class list is not valid JSON: {p}") from None
-        data = [line.strip() for line in text.splitlines() if line.strip()]
-    if isinstance(data, dict):
-        data = data.get("classes")
-    if (not isinstance(data, list) or not data
-            or not all(isinstance(c, str) and c for c in data)):
-        raise UserError(f"no class list in {p} (expected a list of names or a 'classes' key)")
-    if len(set(data)) != len(data):
-        raise UserError(f"class list in {p} names a class twice")
-    return data
-
-
-def train_sidecar_for(target: Path) -> Path | None:
-    """The train beton whose sidecar sits beside a val ``target``: ``val`` -> ``train`` in the
-    file name (``demo_val.beton`` -> ``demo_train.beton``), else ``train.beton``."""
-    candidates = []
-    name = target.name
-    i = name.rfind("val")
-    if i >= 0:
-        candidates.append(target.with_name(name[:i] + "train" + name[i + 3:]))
-    candidates.append(target.with_name("train.beton"))
-    for c in candidates:
-        if c != target and dataset_info.sidecar_path(c).is_file():
-            return c
-    return None
-
-
-def reference_classes(split: str, target: Path,
-                      class_list: str | Path | list[str] | None) -> tuple[list | None, str | None]:
-    """``(classes, where from)`` the split must use: ``class_list`` (a list, a beton, its JSON
-    sidecar or a text file), else for ``val`` the train sidecar beside ``target``, else
-    ``(None, None)``: the source's own order."""
-    if class_list is not None:
-        if isinstance(class_list, (list, tuple)):
-            return [str(c) for c in class_list], "argument"
-        return read_class_list(class_list), str(class_list)
-    if split == "val" and (train := train_sidecar_for(target)) is not None:
-        return read_class_list(train), str(dataset_info.sidecar_path(train))
-    return None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,13 +136,13 @@ def write_split(data_dir: str | Path | None, split: str, write_path: str | Path,
     """Write one split to ``write_path`` and its sidecar; return a summary.
 
     ``data_dir`` is an ImageFolder tree (the folder holding ``<split>/`` or the split folder
-    itself) or any layout ``sources.select.open_source`` recognises (Kaggle's root, ImageNet's
+    itself) or any layout ``sources.registry.open_source`` recognises (Kaggle's root, ImageNet's
     archives); ``source_options`` are that function's other options (val_labels, devkit,
     hf_dataset, wds_shards, ...). ``settings`` are ``Settings``' fields. ``progress`` shows
     progress bars and prints warnings on stderr. Raises ``UserError`` for bad input (one
     sentence, naming the path) and ``WriteError`` if a writer process fails.
     """
-    from .sources.select import data_root, open_source
+    from .sources.registry import data_root, open_source
 
     t0 = time.time()
     target = _target(write_path, split)

@@ -44,6 +44,11 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def __len__(self) -> int: ...
 
+    def labels(self) -> list[int]:
+        """Each sample's label in iteration order; layouts that know them from their scan
+        (``ScannedSource``) answer without reading any sample."""
+        return [s.label for s in self]
+
     def describe(self) -> str:
         """Words for the summary: which layout was read from where."""
         return type(self).__name__

@@ -1,9 +1,6 @@
-"""Recipe pieces shared by the trainer and the LR finder: optimizer, loss, batch augmentations on
-the device (per sample, seeded), weight EMA, and the optimizer step with clipping.
+"""Batch augmentations on the device, per sample and seeded: RandAugment, random erasing and
+mixup/cutmix, applied by ``BatchAugment``.
 
-Why these implementations:
-- LAMB, Mixup/CutMix, RandomErasing, soft-target/BCE losses and the weight EMA come from timm, the
-  library the RSB recipes were written with (same arithmetic as the papers' runs).
 - timm's Mixup in mode ``elem`` draws lambda and the mixup/cutmix choice per sample; its
   RandomErasing draws a box per sample and fills it on the batch's device. Both draw from Python's
   and NumPy's global RNGs, so every call runs under :func:`seeded` with a seed derived from
@@ -23,70 +20,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .models import param_groups
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimizer
-# ---------------------------------------------------------------------------------------------
-
-def build_optimizer(p, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov), AdamW or LAMB over the no-weight-decay groups."""
-    t = p.training
-    groups = param_groups(model, t.weight_decay, bn_wd=bool(t.bn_wd), bias_wd=bool(t.bias_wd))
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=t.momentum, nesterov=bool(t.nesterov))
-    betas = (t.beta1, t.beta2)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=t.eps)
-    from timm.optim import Lamb
-
-    return Lamb(groups, lr=lr, betas=betas, eps=t.eps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss
-# ---------------------------------------------------------------------------------------------
-
-class RecipeLoss(nn.Module):
-    """Cross-entropy or binary cross-entropy that takes class indices (smoothed here) or soft
-    targets (mixup/cutmix output, already smoothed by the mixer)."""
-
-    def __init__(self, kind: str = "ce", smoothing: float = 0.0, bce_target_thresh: float = 0.0):
-        super().__init__()
-        self.kind, self.smoothing = kind, smoothing
-        # timm's losses, imported only where used: importing timm costs 0.7 s a process
-        self.soft_ce = None  # built at the first soft-target (mixed) batch
-        if kind == "bce":
-            from timm.loss import BinaryCrossEntropy
-
-            self.bce = BinaryCrossEntropy(smoothing=smoothing,
-                                          target_threshold=bce_target_thresh or None)
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        if self.kind == "bce":
-            return self.bce(logits, targets)
-        if targets.ndim == 1:
-            return F.cross_entropy(logits, targets, label_smoothing=self.smoothing)
-        if self.soft_ce is None:
-            from timm.loss import SoftTargetCrossEntropy
-
-            self.soft_ce = SoftTargetCrossEntropy()
-        return self.soft_ce(logits, targets)
-
-
-def build_criterion(p) -> RecipeLoss:
-    t = p.training
-    return RecipeLoss(t.loss, t.label_smoothing, t.bce_target_thresh)
-
-
-# ---------------------------------------------------------------------------------------------
-# Batch augmentations (per sample, seeded)
-# ---------------------------------------------------------------------------------------------
 
 def step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
     """A 32-bit seed per (run seed, rank, epoch, step): independent streams, resumable."""
@@ -219,87 +153,3 @@ def build_batch_augment(p, num_classes: int, device: torch.device,
         return None
     return BatchAugment(num_classes, device, seed=p.data.seed, rank=rank, randaug=randaug,
                         erase=erase, mixup=mixup)
-
-
-# ---------------------------------------------------------------------------------------------
-# EMA of the weights
-# ---------------------------------------------------------------------------------------------
-
-def build_ema(p, model: nn.Module):
-    """timm's ModelEmaV3 (a copy of the model, lerped toward it), or None when ema.decay is 0."""
-    if p.ema.decay <= 0:
-        return None
-    from timm.utils import ModelEmaV3
-
-    return ModelEmaV3(model, decay=p.ema.decay)
-
-
-def update_ema(ema, model: nn.Module, optimizer_steps: int, every: int) -> None:
-    """Update every ``every`` optimizer steps (the decay is per update, as in timm)."""
-    if ema is not None and optimizer_steps % every == 0:
-        ema.update(model)
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimizer step: accumulation, clipping under a GradScaler
-# ---------------------------------------------------------------------------------------------
-
-def optimizer_step(optimizer, scaler, model: nn.Module, clip_grad: float) -> float | None:
-    """Unscale (so the clip threshold is in real gradient units), clip, step, update the scaler.
-    Returns the gradient norm before clipping when clipping is on."""
-    norm = None
-    if clip_grad > 0:
-        scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return norm
-
-
-def accumulation_groups(iters: int, accum: int) -> list[int]:
-    """Micro-batches in the accumulation group of each iteration (the last group may be short),
-    so each micro-batch's loss is divided by its own group's size."""
-    sizes = []
-    for start in range(0, iters, accum):
-        n = min(accum, iters - start)
-        sizes += [n] * n
-    return sizes
-
-
-class Recipe:
-    """What one training step needs besides the model and the batch: optimizer, scaler, loss,
-    batch augmentation, EMA, clipping. ``steps`` counts optimizer steps (EMA every-k)."""
-
-    def __init__(self, model, optimizer, scaler, criterion, augment=None, ema=None,
-                 clip_grad: float = 0.0, ema_every: int = 1):
-        self.model, self.optimizer, self.scaler, self.criterion = model, optimizer, scaler, criterion
-        self.augment, self.ema, self.clip_grad, self.ema_every = augment, ema, clip_grad, ema_every
-        self.steps = 0
-
-    def optimizer_step(self):
-        optimizer_step(self.optimizer, self.scaler, self.model, self.clip_grad)
-        self.steps += 1
-        update_ema(self.ema, self.model, self.steps, self.ema_every)
-
-
-def apply_sync_bn(model: nn.Module, enabled: bool, distributed: bool,
-                  device: torch.device) -> tuple[nn.Module, str]:
-    """SyncBatchNorm when asked for and useful (several processes); torch has it on GPUs only."""
-    if not enabled:
-        return model, ""
-    if not distributed:
-        return model, "training.sync_bn: one process, plain BatchNorm is the same thing"
-    if device.type != "cuda":
-        from ..base.cli import UserError
-
-        raise UserError("training.sync_bn: SyncBatchNorm runs on GPUs only (torch); "
-                        "use --training.sync_bn 0 on CPU")
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model), "SyncBatchNorm across processes"
-
-
-def periodic_checkpoint_name(epoch_done: int, every: int) -> str | None:
-    """``checkpoint_epoch_N.pt`` after every ``every``-th completed epoch (kept beside last/best)."""
-    if every > 0 and epoch_done % every == 0:
-        return f"checkpoint_epoch_{epoch_done}.pt"
-    return None
