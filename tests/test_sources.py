@@ -14,7 +14,7 @@ import pytest
 
 from ffcv_utils.tools import sample_data as sd
 from ffcv_utils.base.cli import UserError
-from ffcv_utils.write.sources.registry import data_root, open_source
+from ffcv_utils.write.sources.select import data_root, open_source
 
 datasets = pytest.importorskip("datasets")
 

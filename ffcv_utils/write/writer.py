@@ -136,13 +136,13 @@ def write_split(data_dir: str | Path | None, split: str, write_path: str | Path,
     """Write one split to ``write_path`` and its sidecar; return a summary.
 
     ``data_dir`` is an ImageFolder tree (the folder holding ``<split>/`` or the split folder
-    itself) or any layout ``sources.registry.open_source`` recognises (Kaggle's root, ImageNet's
+    itself) or any layout ``sources.select.open_source`` recognises (Kaggle's root, ImageNet's
     archives); ``source_options`` are that function's other options (val_labels, devkit,
     hf_dataset, wds_shards, ...). ``settings`` are ``Settings``' fields. ``progress`` shows
     progress bars and prints warnings on stderr. Raises ``UserError`` for bad input (one
     sentence, naming the path) and ``WriteError`` if a writer process fails.
     """
-    from .sources.registry import data_root, open_source
+    from .sources.select import data_root, open_source
 
     t0 = time.time()
     target = _target(write_path, split)
