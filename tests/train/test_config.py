@@ -12,7 +12,7 @@ from ffcv_utils.beton.sidecar import write_info
 from ffcv_utils.train import plan
 from helpers import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(ROOT.glob("rn*_configs/*.yaml"))
 
 

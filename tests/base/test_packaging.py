@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # conda-forge names of packages whose pip name differs
 CONDA_TO_PIP = {"pytorch": "torch"}
 # what conda adds that pip does not install: the interpreter, pip, and the system libraries

@@ -19,7 +19,7 @@ from ffcv_utils.load import order as O
 from helpers import read_log
 
 WORKER = str(Path(__file__).with_name("order_worker.py"))
-ROOT = str(Path(__file__).resolve().parents[1])
+ROOT = str(Path(__file__).resolve().parents[2])
 N = 600
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import ffcv_utils, ffcv
 from numba.typed import typeddict
 from numba import njit
-from ffcv_utils import draws
+from ffcv_utils.load import draws
 address = draws.SampleRandom(0).address  # captured as the decoders capture it: new each process
 key = njit(lambda i: draws.state_key(address, i))(np.int64(3))
 draws.random_crop(100, 120, np.array((0.08, 1.0)), np.array((0.75, 1.33)), key)

@@ -16,7 +16,7 @@ from ffcv_utils.beton.check import BetonError, check
 from ffcv_utils.beton.sidecar import read_info
 from helpers import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(120)
 
 

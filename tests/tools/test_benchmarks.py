@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 MACHINE_COLUMNS = ["cpu_model", "cpu_cores", "gpu", "date", "torch", "ffcv"]

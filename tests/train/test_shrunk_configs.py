@@ -13,7 +13,7 @@ from ffcv_utils.base.cli import UserError
 from ffcv_utils.train.config import load_config
 from ffcv_utils.train.schedules import epoch_lrs, resolution_at
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(ROOT.glob("rn*_configs/*.yaml"))
 pytestmark = pytest.mark.timeout(300)
 

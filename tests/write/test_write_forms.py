@@ -16,7 +16,7 @@ import pytest
 
 from ffcv_utils.tools import sample_data as sd
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 datasets = pytest.importorskip("datasets")
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # a full write per source form
 

@@ -20,7 +20,7 @@ from ffcv_utils.base.cli import UserError
 from ffcv_utils.write.pack import claim_temporary
 from ffcv_utils.write.cli import parse_args
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WRITE = str(REPO / "write_ffcv.py")
 
 

@@ -21,7 +21,7 @@ import torch
 from ffcv_utils.beton.sidecar import read_info
 from helpers import read_log
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # two training runs
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ffcv_utils.train import checkpoint as ckpt
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(200)
 LIMIT = 2 * 2**20  # bytes any one file may grow to: small outputs fit, a checkpoint does not
 
@@ -30,9 +30,9 @@ def limit_file_size():
 
 SAVE_LIMITED = """
 import sys, torch
-from ffcv_utils import checkpoint as ckpt
+from ffcv_utils.train import checkpoint as ckpt
 sys.path.insert(0, sys.argv[2])
-from test_write_failures import limit_file_size
+from test_checkpoint_write_failures import limit_file_size
 limit_file_size()
 try:
     ckpt.atomic_save({"w": torch.ones(2 * %d // 4)}, sys.argv[1])
