@@ -17,7 +17,7 @@ from PIL import Image
 
 from ffcv_utils.beton import sidecar as dataset_info
 from ffcv_utils.base.cli import UserError
-from ffcv_utils.write.pack import claim_temporary
+from ffcv_utils.base.atomic import claim_temporary
 from ffcv_utils.write.cli import parse_args
 
 REPO = Path(__file__).resolve().parents[2]
