@@ -108,9 +108,15 @@ def _check(path: str | Path, key: str | None) -> int:
         meta = np.frombuffer(f.read(meta_size), dtype=meta_type)
         f.seek(table)
         alloc = np.frombuffer(f.read(), dtype=ALLOC_TABLE_TYPE)
-    # Fields with out-of-line data (images, bytes, arrays) point into the allocation table:
-    # a table cut at an entry boundary leaves some pointers dangling.
-    for name in meta_type.names:
+    _check_pointers(meta, alloc, table, samples, bad)
+    _check_sidecar(path, samples, bad)
+    return samples
+
+
+def _check_pointers(meta, alloc, table: int, samples: int, bad) -> None:
+    """Fields with out-of-line data (images, bytes, arrays) point into the allocation table:
+    a table cut at an entry boundary leaves some pointers dangling."""
+    for name in meta.dtype.names:
         sub = meta[name]
         if sub.dtype.names and "data_ptr" in sub.dtype.names:
             if not all_in(sub["data_ptr"], alloc["ptr"]):
@@ -120,13 +126,16 @@ def _check(path: str | Path, key: str | None) -> int:
         raise bad("sample data reach past the end of the data region: corrupt")
     if len(alloc) and int(alloc["sample_id"].max()) >= samples:
         raise bad("allocation table names samples the header does not have: corrupt")
+
+
+def _check_sidecar(path: Path, samples: int, bad) -> None:
+    """The sample count the sidecar recorded, where there is one."""
     info = dataset_info.read_info(path)
     expected = info.get("num_samples") if info else None
     if expected is not None and int(expected) != samples:
         raise bad(f"holds {samples:,} samples but its class list "
                   f"{dataset_info.sidecar_path(path).name} says {int(expected):,}: "
                   "the beton or the sidecar was replaced or cut")
-    return samples
 
 
 def check_trainer_betons(p) -> None:

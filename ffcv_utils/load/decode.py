@@ -124,14 +124,40 @@ def crop_resize(data: np.ndarray, height: int, width: int, crop: tuple[int, int,
 
 # -- ffcv pipeline operations ---------------------------------------------------------------------
 
-def _make_decoder_classes():
-    # ffcv is imported lazily (as in data.py): importing it costs seconds.
-    from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder, get_center_crop
-    from ffcv.pipeline.compiler import Compiler
-    from numba import njit
+class _SlotMixin:
+    """What the fast decoders share besides their kernel: a failure-count slot in the C library,
+    the per-sample draws and an output-only allocation (before ffcv's decoder in the MRO)."""
 
-    from .draws import SampleRandom, flip_draw, random_crop, state_key
+    flip_prob = 0.0
+    fast_dct = FAST_DCT
+    headroom = HEADROOM
 
+    def __init__(self, output_size, random=None):
+        super().__init__(output_size)
+        from .draws import SampleRandom
+
+        self.random = random or SampleRandom(0)  # (seed, epoch) of the per-sample draws
+        self.slot = next(_next_slot) % _SLOTS
+        library().fj_take_failures(self.slot)
+
+    def declare_state_and_memory(self, previous_state):
+        # only the output: stock ffcv also allocates a full-size decode buffer per batch
+        # slot (max height x max width x 3 bytes per image), which the C side does not need
+        from dataclasses import replace
+
+        from ffcv.pipeline.allocation_query import AllocationQuery
+
+        shape = (self.output_size[0], self.output_size[1], 3)
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<u1")),
+                AllocationQuery(shape, np.dtype("<u1")))
+
+    def take_failures(self) -> int:
+        """Samples that failed to decode since the last call (and reset the count)."""
+        return int(library().fj_take_failures(self.slot))
+
+
+def _c_calls():
+    """The C library's two entry points, as numba-compilable functions of the arrays."""
     lib = library()
     c_decode = lib.fj_decode_crop_resize
     c_resize = lib.fj_crop_resize
@@ -147,33 +173,19 @@ def _make_decoder_classes():
         return c_resize(data.ctypes.data, data.size, height, width, i, j, h, w,
                         dst.ctypes.data, dst.shape[0], dst.shape[1], flip, slot)
 
-    class _FastCropDecoder(ResizedCropRGBImageDecoder):
+    return decode_jpeg, resize_raw
+
+
+def _base_decoder_class():
+    from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
+    from ffcv.pipeline.compiler import Compiler
+
+    from .draws import flip_draw, state_key
+
+    decode_jpeg, resize_raw = _c_calls()
+
+    class _FastCropDecoder(_SlotMixin, ResizedCropRGBImageDecoder):
         """Shared code: the subclasses choose the crop and whether to flip."""
-
-        flip_prob = 0.0
-        fast_dct = FAST_DCT
-        headroom = HEADROOM
-
-        def __init__(self, output_size, random: SampleRandom | None = None):
-            super().__init__(output_size)
-            self.random = random or SampleRandom(0)  # (seed, epoch) of the per-sample draws
-            self.slot = next(_next_slot) % _SLOTS
-            library().fj_take_failures(self.slot)
-
-        def declare_state_and_memory(self, previous_state):
-            # only the output: stock ffcv also allocates a full-size decode buffer per batch
-            # slot (max height x max width x 3 bytes per image), which the C side does not need
-            from dataclasses import replace
-
-            from ffcv.pipeline.allocation_query import AllocationQuery
-
-            shape = (self.output_size[0], self.output_size[1], 3)
-            return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<u1")),
-                    AllocationQuery(shape, np.dtype("<u1")))
-
-        def take_failures(self) -> int:
-            """Samples that failed to decode since the last call (and reset the count)."""
-            return int(library().fj_take_failures(self.slot))
 
         def generate_code(self):
             jpg = IMAGE_MODES["jpg"]
@@ -213,6 +225,19 @@ def _make_decoder_classes():
 
             decode.is_parallel = True
             return decode
+
+    return _FastCropDecoder
+
+
+def _make_decoder_classes():
+    # ffcv is imported lazily (as in loaders.py): importing it costs seconds.
+    from ffcv.fields.rgb_image import get_center_crop
+    from ffcv.pipeline.compiler import Compiler
+    from numba import njit
+
+    from .draws import SampleRandom, random_crop
+
+    _FastCropDecoder = _base_decoder_class()
 
     class FastRandomResizedCropDecoder(_FastCropDecoder):
         """RandomResizedCrop (ffcv's statistics: scale, ratio, fallback) + horizontal flip,
