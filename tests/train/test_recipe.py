@@ -325,3 +325,18 @@ def test_stage_schedule_sets_batch_resolution_and_lr_per_epoch(digits_betons):
     np.testing.assert_allclose(lrs, epoch_lrs(3, 10, **sched) / 2)  # batch 32 of 64: half
     same = stage_epoch_lrs(1, 10, batch=ti.batch_for(p, 1), base_batch=64, **sched)
     np.testing.assert_allclose(same, epoch_lrs(1, 10, **sched))
+
+
+def test_an_optimizer_outside_the_table_is_an_error_never_a_fallback(monkeypatch):
+    """A name the config accepts but OPTIMIZERS lacks fails with one line (it used to train as
+    LAMB); an entry added to the table is built."""
+    from ffcv_utils.train import optim
+
+    p = load_config(["--data.train_dataset", __file__, "--data.val_dataset", __file__])[0]
+    p.training.optimizer = "rmsprop"
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(UserError, match=r"training.optimizer: unknown 'rmsprop' \(one of sgd, "):
+        build_optimizer(p, model, 0.1)
+    monkeypatch.setitem(optim.OPTIMIZERS, "rmsprop",
+                        lambda groups, lr, t: torch.optim.RMSprop(groups, lr=lr))
+    assert isinstance(build_optimizer(p, model, 0.1), torch.optim.RMSprop)

@@ -86,3 +86,32 @@ def test_resolution_ramp_as_ffcv_imagenet():
 def test_linear_scaling_rule():
     assert scaled_lr(1.7, 512 * 4, 512 * 8) == pytest.approx(0.85)
     assert scaled_lr(0.5, 128, 1024) == pytest.approx(0.0625)
+
+
+def test_a_schedule_added_to_the_table_is_a_choice_checked_and_shrunk(monkeypatch, tmp_path):
+    """One function plus one SCHEDULES entry: the config accepts the name, checks its keys,
+    passes only its keys to it and scales them when a recipe is shortened on the command line."""
+    from ffcv_utils.base.cli import UserError
+    from ffcv_utils.train import schedules
+    from ffcv_utils.train.config import load_config
+    from ffcv_utils.train.plan import schedule_kwargs
+
+    def constant(epoch, *, lr, epochs, warmup_epochs=0.0):
+        return lr if epoch >= warmup_epochs else 0.0
+
+    monkeypatch.setitem(schedules.SCHEDULES, "constant",
+                        schedules.Schedule(constant, ("warmup_epochs",)))
+    train, val = tmp_path / "train.beton", tmp_path / "val.beton"
+    train.write_bytes(b""), val.write_bytes(b"")
+    config = tmp_path / "recipe.yaml"
+    config.write_text("lr:\n  lr_schedule_type: constant\n  warmup_epochs: 8\n"
+                      "training:\n  epochs: 16\n")
+    files = ["--data.train_dataset", str(train), "--data.val_dataset", str(val)]
+    p, meta = load_config(["--config-file", str(config), *files, "--training.epochs", "4"])
+    assert meta["shrunk"] == ["lr.warmup_epochs 8 -> 2"]
+    kwargs = schedule_kwargs(p, 0.5)
+    assert kwargs == dict(schedule="constant", lr=0.5, epochs=4, warmup_epochs=2.0)
+    assert [lr_at(e, **kwargs) for e in (1, 3)] == [0.0, 0.5]
+    with pytest.raises(UserError, match=r"lr.warmup_epochs: must be in \[0, training.epochs\)"):
+        load_config([*files, "--lr.lr_schedule_type", "constant", "--lr.warmup_epochs", "5",
+                     "--training.epochs", "4"])

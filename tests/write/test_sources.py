@@ -238,3 +238,22 @@ def test_shard_and_archive_errors(layouts, tmp_path):
     _one_line_error(r"cannot read .*not\.tar as a tar archive", data_dir=not_tar)
     _one_line_error(r"--cfg.hf_dataset and --cfg.wds_shards name two sources",
                     hf_dataset="x", wds_shards="y")
+
+
+def test_a_form_added_to_the_registry_gets_its_option_check_and_dispatch(monkeypatch):
+    """One function plus one FORMS entry: the writer's option list names it, a second source
+    named beside it is refused, and open_source hands it the options."""
+    from ffcv_utils.write.sources.registry import FORMS, Form, source_options
+
+    opened = []
+
+    def open_demo(split, options, classes, class_source):
+        opened.append((split, options["demo_source"], classes))
+        return "the demo source"
+
+    monkeypatch.setitem(FORMS, "demo", Form("demo_source", "a demo layout", open_demo))
+    assert source_options()["demo_source"] == "a demo layout"
+    assert open_source("val", demo_source="here", class_list=["a", "b"]) == "the demo source"
+    assert opened == [("val", "here", ["a", "b"])]
+    _one_line_error(r"--cfg.wds_shards and --cfg.demo_source name two sources",
+                    wds_shards="x", demo_source="here")
