@@ -14,7 +14,7 @@ DEMO_OUT := data/demo
 
 install: system-deps $(STAMP)
 
-# ffcv compiles against libjpeg-turbo and OpenCV, the fast decoder (ffcv_utils/csrc) against
+# ffcv compiles against libjpeg-turbo and OpenCV, the fast decoder (ffcv_utils/load/csrc) against
 # libjpeg(-turbo)'s libjpeg API: install them when pkg-config cannot find them.
 system-deps:
 	@if pkg-config --exists libturbojpeg libjpeg opencv4 2>/dev/null && command -v g++ >/dev/null; then exit 0; fi; \
@@ -26,17 +26,17 @@ system-deps:
 	fi
 
 # setup.py builds the fast decoder's C extension in place: editing its source reinstalls.
-$(STAMP): pyproject.toml setup.py ffcv_utils/csrc/fastjpeg.c
+$(STAMP): pyproject.toml setup.py ffcv_utils/load/csrc/fastjpeg.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[test,watch,hf,demo]'
 	@touch $(STAMP)
 
 demo: install
-	$(PY) -m ffcv_utils.sample_data digits $(DEMO_DIR)
+	$(PY) -m ffcv_utils.tools.sample_data digits $(DEMO_DIR)
 	$(PY) write_ffcv.py --split train --cfg.data_dir $(DEMO_DIR) --cfg.write_path $(DEMO_OUT)_train.beton --cfg.max_resolution 64
 	$(PY) write_ffcv.py --split val --cfg.data_dir $(DEMO_DIR) --cfg.write_path $(DEMO_OUT)_val.beton --cfg.max_resolution 64
-	$(PY) -m ffcv_utils.inspect $(DEMO_OUT)_train.beton $(DEMO_OUT)_val.beton
+	$(PY) -m ffcv_utils.tools.inspect_beton $(DEMO_OUT)_train.beton $(DEMO_OUT)_val.beton
 	$(PY) train_imagenet.py --config-file rn18_configs/rn18_demo.yaml --data.train_dataset $(DEMO_OUT)_train.beton --data.val_dataset $(DEMO_OUT)_val.beton
 	@echo "plot of the run: $$(ls -t logs/*/metrics.png | head -n 1)"
 

@@ -7,9 +7,9 @@ The check runs on the given images, or by default on the first images of the run
 
 Writes FILE (default RUN_DIR/model.onnx, model.torchscript.pt or model.safetensors) and FILE.json
 (classes, preprocessing, the run's card).
-The work is done by ffcv_utils.export."""
-from ffcv_utils.cli import run_main
-from ffcv_utils.export import main
+The work is done by ffcv_utils.tools.export."""
+from ffcv_utils.base.cli import run_main
+from ffcv_utils.tools.export import main
 
 if __name__ == "__main__":
     run_main(main, prog="export.py")

@@ -4,7 +4,7 @@
         [--start-lr 1e-5] [--end-lr 10] [--out lr_finder.png]
 
 The work is done by ffcv_utils.train.find_lr (see its docstring)."""
-from ffcv_utils.cli import run_main
+from ffcv_utils.base.cli import run_main
 from ffcv_utils.train.find_lr import main
 
 if __name__ == "__main__":

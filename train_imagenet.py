@@ -7,7 +7,7 @@
 The trainer lives in ffcv_utils/train/ (run.py reads top to bottom: set up, restore, train
 epochs, finish); the keys in ffcv_utils/config.py (``--help`` lists them).
 """
-from ffcv_utils.cli import run_main
+from ffcv_utils.base.cli import run_main
 from ffcv_utils.train.run import main
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@
     python write_ffcv.py --split train --cfg.data_dir ./imagenet --cfg.write_path ./data/train.beton
     python write_ffcv.py --split val   --cfg.data_dir ./imagenet --cfg.write_path ./data/val.beton
 
-The work is done by ffcv_utils.writer (see its docstring); the command line is
-ffcv_utils.write_cli; --help lists every option.
+The work is done by ffcv_utils.write.writer (see its docstring); the command line is
+ffcv_utils.write.cli; --help lists every option.
 """
-from ffcv_utils.cli import run_main
-from ffcv_utils.write_cli import main
+from ffcv_utils.base.cli import run_main
+from ffcv_utils.write.cli import main
 
 if __name__ == "__main__":
     run_main(main, prog="write_ffcv.py")

@@ -26,7 +26,7 @@ Three modes, each writing one CSV in ``benchmarks/results/``:
   and gives ``disk_img_per_s``, what the disk allows at this beton's bytes per image.
 
 * ``scale`` (``beyond_ram_scale.csv``): betons of 1/8 .. 1 x 1,281,167 tiny raw samples in 1,000
-  classes (and a 50,000-sample val): seconds to open and check them (``ffcv_utils.beton``), to
+  classes (and a 50,000-sample val): seconds to open and check them (``ffcv_utils.beton.check``), to
   build an epoch's order (random and page-aware, 1 and 8 simulated ranks; the page-aware order
   on an ImageNet-like page layout of 32 samples per 8 MiB page, as a 340 GB beton has), the
   bytes the order's arrays take, and a fresh process's ``train_loader`` to its first batch.
@@ -90,7 +90,7 @@ class _Photos:
     def __getitem__(self, i):
         import numpy as np
 
-        from ffcv_utils.sample_data import _source_photos, imagenet_like_jpeg
+        from ffcv_utils.tools.sample_data import _source_photos, imagenet_like_jpeg
 
         if self._src is None:
             self._src = _source_photos()
@@ -186,7 +186,7 @@ def _record_page_slots() -> None:
     record it, to set beside the order's stated bound."""
     from ffcv.memory_managers.process_cache.context import ProcessCacheContext
 
-    from ffcv_utils.direct_pages import DirectContext
+    from ffcv_utils.load.direct_pages import DirectContext
 
     for cls in (ProcessCacheContext, DirectContext):  # ffcv's own, and the O_DIRECT one
         enter = cls.__dict__["__enter__"]
@@ -204,7 +204,7 @@ def _record_page_slots() -> None:
 
 def make_loader(variant: str, path: Path, args, world: int):
     """(loader, TrainData or None) for one variant; see the module docstring."""
-    from ffcv_utils.data import train_loader
+    from ffcv_utils.load.loaders import train_loader
 
     common = dict(batch_size=args.batch_size, num_workers=args.workers, res=args.res,
                   distributed=world > 1, seed=0)
@@ -217,8 +217,8 @@ def make_loader(variant: str, path: Path, args, world: int):
     if variant == "old":  # ffcv's own order, as data.py chose it before the page-aware order
         from ffcv.loader import Loader, OrderOption
 
-        from ffcv_utils.data import _image_tail, _label_pipeline, _train_image_ops
-        from ffcv_utils.draws import SampleRandom
+        from ffcv_utils.load.loaders import _image_tail, _label_pipeline, _train_image_ops
+        from ffcv_utils.load.draws import SampleRandom
 
         import torch
 
@@ -267,7 +267,7 @@ def child_main(args) -> None:
               "peak_rss": _proc_status("VmHWM"),
               "page_slots": _PAGE_SLOTS[-1] if len(_PAGE_SLOTS) > slots_before else 0}
     if data is not None and data.order is not None and data.order.layout is not None:
-        from ffcv_utils import order as orders
+        from ffcv_utils.load import order as orders
 
         layout = data.order.layout
         result["bound_bytes"] = orders.peak_bytes(
@@ -445,7 +445,7 @@ def run_stream_config(variant: str, procs: int, beton: Path, args) -> dict:
 
 
 def beton_samples(path: Path) -> int:
-    from ffcv_utils.beton import check
+    from ffcv_utils.beton.check import check
 
     return check(path)
 
@@ -604,7 +604,7 @@ def open_and_check(path: Path, repeat: int) -> dict:
     """Seconds of the toolkit's check (its per-process memo cleared) and of ffcv's Reader."""
     from ffcv.reader import Reader
 
-    from ffcv_utils import beton
+    from ffcv_utils.beton.check import check as beton
 
     def checked():
         beton._sound.clear()
@@ -620,7 +620,7 @@ def order_figures(n: int, ranks: list[int], batch_size: int, repeat: int) -> dic
     and page-aware on an ImageNet-like layout (32 samples per 8 MiB page)."""
     import numpy as np
 
-    from ffcv_utils import order as orders
+    from ffcv_utils.load import order as orders
 
     layout = orders.PageLayout(np.arange(n, dtype=np.int64) // 32, 8 << 20)
     out = {"pages": int(layout.sample_page.max()) + 1}
@@ -643,7 +643,7 @@ def order_figures(n: int, ranks: list[int], batch_size: int, repeat: int) -> dic
 def first_batch_main(args) -> None:
     """A fresh process: imports, then ``train_loader`` (check included) and its first batch."""
     t0 = now()
-    from ffcv_utils.data import train_loader
+    from ffcv_utils.load.loaders import train_loader
 
     imported = now()
     data = train_loader(args.first_batch, batch_size=args.batch_size, num_workers=2, res=32,
@@ -675,7 +675,7 @@ SCALE_METRICS = ["check_s", "open_s", "layout_s", "order_random_w1_s", "order_pa
 def scale_main(args) -> None:
     import pandas as pd
 
-    from ffcv_utils import order as orders
+    from ffcv_utils.load import order as orders
 
     info = machine_info()
     data_dir = Path(args.data_dir)
@@ -737,9 +737,9 @@ def sizes_main(args) -> None:
     from ffcv.reader import Reader
     from PIL import Image
 
-    from ffcv_utils.memory_check import FIT_FRACTION
-    from ffcv_utils.sample_data import make_photo_folder
-    from ffcv_utils.writer import PUBLISHED, write_split
+    from ffcv_utils.load.memory_check import FIT_FRACTION
+    from ffcv_utils.tools.sample_data import make_photo_folder
+    from ffcv_utils.write.writer import PUBLISHED, write_split
 
     info = machine_info()
     photos = make_photo_folder(Path(args.data_dir) / f"photos-{args.images}", images=args.images,

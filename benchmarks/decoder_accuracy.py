@@ -3,7 +3,7 @@
 Trains the demo recipe (rn18_configs/rn18_demo.yaml) through the real trainer with
 ``--data.decoder fast`` and ``--data.decoder ffcv``, interleaved, for several seeds, and writes one
 row per run (final top-1, train loss, time, first-epoch speed) plus a per-decoder summary. Crops
-and flips are seeded per sample since issue 17 (``ffcv_utils.draws``; before, numba's per-thread
+and flips are seeded per sample since issue 17 (``ffcv_utils.load.draws``; before, numba's per-thread
 generators made runs with one seed differ), and the two decoders resample differently, so compare
 the spread over seeds, not single runs.
 
@@ -24,8 +24,8 @@ from benchmarks._common import REPO, machine_info  # noqa: E402
 
 
 def ensure_demo_betons(work: Path) -> tuple[Path, Path]:
-    from ffcv_utils.sample_data import make_digits_folder
-    from ffcv_utils.writer import write_split
+    from ffcv_utils.tools.sample_data import make_digits_folder
+    from ffcv_utils.write.writer import write_split
 
     digits = make_digits_folder(work / "digits")
     out = []

@@ -58,7 +58,7 @@ class Layout:
         import numpy as np
         from ffcv.types import FieldDescType, HeaderType
 
-        from ffcv_utils.beton import _metadata_type
+        from ffcv_utils.beton.check import _metadata_type
 
         head = np.frombuffer(data[:HeaderType.itemsize], HeaderType)[0]
         fields, samples = int(head["num_fields"]), int(head["num_samples"])
@@ -316,7 +316,7 @@ def relaid(data: bytes, lay: Layout, extra: tuple | None) -> bytes:
 
 
 def _meta_dtype():
-    from ffcv_utils.beton import _metadata_type
+    from ffcv_utils.beton.check import _metadata_type
 
     return _metadata_type()
 
@@ -431,7 +431,7 @@ def fuzz_check(path: Path, cases: int, seed: int = 0, keep: int = 0,
                keep_dir: Path | None = None) -> dict:
     """Check ``cases`` mutants of the beton at ``path`` (restored afterwards); keep up to
     ``keep`` passing ones, of as many kinds as there are, as files in ``keep_dir``."""
-    from ffcv_utils.dataset_info import sidecar_path
+    from ffcv_utils.beton.sidecar import sidecar_path
 
     data, side = path.read_bytes(), sidecar_path(path)
     side_text = side.read_text() if side.exists() else None
@@ -545,7 +545,7 @@ def decode(files: list[str], memory: int = MEMORY_BOUND,
            timeout_each: float = DECODE_TIMEOUT) -> dict:
     """Decode ``files`` in a child process: ``{"decoded", "failures"}``; a failure is an error
     raised, a wrong sample count, a death by signal or a hang (with the way it was decoding)."""
-    from ffcv_utils.beton import check
+    from ffcv_utils.beton.check import check
 
     expected = {f: check(f) for f in files}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--decode-child", "--memory",
@@ -582,8 +582,8 @@ def decode(files: list[str], memory: int = MEMORY_BOUND,
 
 def tiny_beton(folder: Path) -> Path:
     """The validation split of 100 scikit-learn digits at 32 px, written by the toolkit."""
-    from ffcv_utils.sample_data import make_digits_folder
-    from ffcv_utils.writer import write_split
+    from ffcv_utils.tools.sample_data import make_digits_folder
+    from ffcv_utils.write.writer import write_split
 
     make_digits_folder(folder / "digits", size=32)
     out = folder / "val.beton"

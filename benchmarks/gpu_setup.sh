@@ -55,18 +55,18 @@ export PYTHONPATH="$_gpu_dir/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import ffcv, ffcv.libffcv; from ffcv.loader import Loader" \
     && echo "gpu_setup: ffcv importable from $_gpu_dir;" \
             "LD_LIBRARY_PATH gets $(ls "$_gpu_dir/lib" | tr '\n' ' ')"
-# The fast decoder (ffcv_utils/csrc/fastjpeg.c) is a plain C library loaded with ctypes, so the
+# The fast decoder (ffcv_utils/load/csrc/fastjpeg.c) is a plain C library loaded with ctypes, so the
 # copy built by `make install` on the CPU machine works under any Python: take it from the bundle
-# (or carry ffcv_utils/_fastjpeg*.so), else build it when this machine has a compiler and
+# (or carry ffcv_utils/load/_fastjpeg*.so), else build it when this machine has a compiler and
 # libjpeg's headers. Without it the loaders need --data.decoder ffcv.
-if ! ls ffcv_utils/_fastjpeg*.so >/dev/null 2>&1; then
+if ! ls ffcv_utils/load/_fastjpeg*.so >/dev/null 2>&1; then
     if ls "$_gpu_bundle"/_fastjpeg*.so >/dev/null 2>&1; then
-        cp "$_gpu_bundle"/_fastjpeg*.so ffcv_utils/
+        cp "$_gpu_bundle"/_fastjpeg*.so ffcv_utils/load/
     elif command -v gcc >/dev/null && [ -f /usr/include/jpeglib.h ]; then
-        gcc -O3 -std=c99 -D_GNU_SOURCE -shared -fPIC ffcv_utils/csrc/fastjpeg.c -ljpeg \
-            -o ffcv_utils/_fastjpeg.so
+        gcc -O3 -std=c99 -D_GNU_SOURCE -shared -fPIC ffcv_utils/load/csrc/fastjpeg.c -ljpeg \
+            -o ffcv_utils/load/_fastjpeg.so
     fi
 fi
-python3 -c "from ffcv_utils import fast_decode; fast_decode.library()" 2>/dev/null \
+python3 -c "from ffcv_utils.load import decode; decode.library()" 2>/dev/null \
     && echo "gpu_setup: fast decoder loaded" \
-    || echo "gpu_setup: no fast decoder here (ffcv_utils/_fastjpeg*.so); use --data.decoder ffcv" >&2
+    || echo "gpu_setup: no fast decoder here (ffcv_utils/load/_fastjpeg*.so); use --data.decoder ffcv" >&2

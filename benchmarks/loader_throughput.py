@@ -3,15 +3,15 @@
 Rows (same images, same crop resolution, same worker count, RandomResizedCrop + horizontal
 flip, uint8 output, no model):
 
-* ``toolkit`` (``ffcv_utils.data.train_loader`` with its default, the fast decoder of
-  ``ffcv_utils/fast_decode.py``) on a ``proportion`` beton (max_resolution 500,
+* ``toolkit`` (``ffcv_utils.load.loaders.train_loader`` with its default, the fast decoder of
+  ``ffcv_utils/load/decode.py``) on a ``proportion`` beton (max_resolution 500,
   compress_probability 0.5, jpeg_quality 90: the settings of the published ffcv ImageNet runs)
   and on an all-JPEG beton;
 * ``ffcv-stock``: an ffcv ``Loader`` built directly with ffcv's own decoder and transforms,
   exactly as ffcv-imagenet's ``train_imagenet.py`` builds it (less the normalisation, since
   every row yields uint8), on the same proportion beton; ``ffcv-stock-jpg`` on the all-JPEG one;
 * ``val-fast`` / ``val-ffcv``: validation decoding (centre crop 224/256, file order) at
-  ``--val-res`` on the all-JPEG beton through ``ffcv_utils.data.val_loader`` with the fast and
+  ``--val-res`` on the all-JPEG beton through ``ffcv_utils.load.loaders.val_loader`` with the fast and
   the stock decoder;
 * ``torchvision``: ``ImageFolder`` + ``DataLoader`` (PIL decode, ``RandomResizedCrop``,
   ``RandomHorizontalFlip``, ``PILToTensor``), the baseline every ratio is taken against;
@@ -75,13 +75,13 @@ def folder_fingerprint(files: list[Path]) -> tuple[int, str]:
 def write_beton(data_dir: Path, path: Path, mode: str, workers: int) -> str:
     """Write ``data_dir/train`` to ``path``; returns which writer did it."""
     try:
-        from ffcv_utils.writer import write_split
+        from ffcv_utils.write.writer import write_split
     except ImportError:
         write_split = None
     if write_split is not None:  # it writes to a temporary file and renames it itself
         write_split(data_dir, "train", path, write_mode=mode, num_workers=max(1, workers),
                     progress=False, **PUBLISHED)
-        return "ffcv_utils.writer.write_split"
+        return "ffcv_utils.write.writer.write_split"
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
     from torchvision.datasets import ImageFolder
@@ -97,7 +97,7 @@ def write_beton(data_dir: Path, path: Path, mode: str, workers: int) -> str:
 
 def _complete(path: Path) -> bool:
     """A cached beton cut short (a killed earlier run) is written again, not timed."""
-    from ffcv_utils.beton import BetonError, check
+    from ffcv_utils.beton.check import BetonError, check
 
     try:
         check(path)
@@ -211,13 +211,13 @@ def child_ffcv(args, stock: bool) -> dict:
                         pipelines={"image": image_pipeline, "label": label_pipeline},
                         distributed=False)
     elif args.child in ("val-fast", "val-ffcv"):
-        from ffcv_utils.data import val_loader
+        from ffcv_utils.load.loaders import val_loader
 
         loader = val_loader(args.beton, batch_size=args.batch_size, num_workers=args.workers,
                             res=args.val_res, device="cpu", in_memory=True,
                             decoder=args.child.split("-")[1])
     else:
-        from ffcv_utils.data import train_loader
+        from ffcv_utils.load.loaders import train_loader
 
         loader = train_loader(args.beton, batch_size=args.batch_size, num_workers=args.workers,
                               res=args.res, device="cpu", in_memory=True, seed=0).loader
@@ -394,8 +394,8 @@ def run(argv: list[str] | None = None):
             row.update(beton_mode=mode, dataset_bytes=path.stat().st_size, writer=writer)
             row["note"] = ("ffcv Loader built as ffcv-imagenet builds it"
                            if name.startswith("ffcv-stock")
-                           else "ffcv_utils.data.val_loader (centre crop 224/256)"
-                           if name.startswith("val-") else "ffcv_utils.data.train_loader")
+                           else "ffcv_utils.load.loaders.val_loader (centre crop 224/256)"
+                           if name.startswith("val-") else "ffcv_utils.load.loaders.train_loader")
         plans.append((row, child, env))
 
     # Rounds interleave the loaders, so a burst of load from elsewhere hits them alike; each

@@ -14,7 +14,7 @@ of a beton, each alone, with ffcv's own compiled primitives (``ffcv.libffcv``):
   that still covers ``res`` over the crop) and ``decode_crop`` (decode only the crop's MCU rows/
   columns -- ffcv's ``imdecode`` can crop and scale, the decoder just never asks it to);
 
-and the same steps on the fast path (``ffcv_utils.fast_decode``, the toolkit's default since
+and the same steps on the fast path (``ffcv_utils.load.decode``, the toolkit's default since
 issue 7): ``fast decode`` (crop-first: only the crop's MCU rows/columns, at the DCT scale the
 decoder picks), ``fast resize+flip`` (area resize with the flip fused in, from the decoded crop
 or from raw pixels). Each path's sum is compared with its loader's measured cost per image (one
@@ -66,7 +66,7 @@ def main(argv=None):
     parser.add_argument("--loader-workers", type=int, default=1,
                         help="workers for the whole-loader reference measurement (0: skip)")
     args = parser.parse_args(argv)
-    from ffcv_utils.beton import BetonError, check
+    from ffcv_utils.beton.check import BetonError, check
 
     try:
         check(args.beton, "--beton")
@@ -210,7 +210,7 @@ def main(argv=None):
         row["path"] = "stock ffcv"
 
     # the fast path on the same crops
-    from ffcv_utils import fast_decode
+    from ffcv_utils.load import decode as fast_decode
 
     lib = fast_decode.library()
     flips = {k: k % 2 if args.crop == "random" else 0 for k in range(len(samples))}
@@ -253,7 +253,7 @@ def main(argv=None):
     for row in rows[-4:]:
         row["path"] = "fast"
     if args.loader_workers:
-        from ffcv_utils.data import train_loader, val_loader
+        from ffcv_utils.load.loaders import train_loader, val_loader
 
         for decoder, path, sum_ms in (("ffcv", "stock ffcv", expected),
                                       ("fast", "fast", fast_expected)):

@@ -25,7 +25,7 @@ from benchmarks._common import machine_info, markdown_table, now  # noqa: E402
 
 def child(args) -> dict:
     t0 = now()
-    from ffcv_utils.data import train_loader
+    from ffcv_utils.load.loaders import train_loader
 
     data = train_loader(args.beton, batch_size=args.batch_size, num_workers=args.workers,
                         res=args.res, device="cpu", seed=0, decoder=args.decoder)

@@ -4,13 +4,13 @@
   training resolution of the progressive-resizing schedule (160, 176, 192 by default);
 * ``val``: forward only (inference mode) at the validation resolutions (224, 256);
 * ``e2e``: the same training step fed by the toolkit's real loader
-  (``ffcv_utils.data.train_loader`` on a beton, then ``normalize``), next to ``loader-only``
+  (``ffcv_utils.load.loaders.train_loader`` on a beton, then ``normalize``), next to ``loader-only``
   (the loader iterated with no model). ``loader_bound`` is ``yes`` when the end-to-end rate is
   below 90% of the model-only rate at the same resolution and variant.
 
 Variants are ``-``-joined tokens: a precision (``fp32``, ``bf16``, ``fp16``: autocast, with a
 GradScaler for fp16), ``cl`` (channels-last model and input), ``compile`` (``torch.compile``).
-Architectures are torchvision names; ``+blurpool`` applies ``ffcv_utils.models``' BlurPool when
+Architectures are torchvision names; ``+blurpool`` applies ``ffcv_utils.train.models``' BlurPool when
 that module offers it (otherwise the row says it was skipped).
 
     python benchmarks/train_throughput.py --arch resnet50 --batch-size 256 \\
@@ -49,7 +49,7 @@ def parse_variant(spec: str) -> dict:
 
 
 def build_model(arch: str, num_classes: int = 1000):
-    """(model, note): torchvision ``arch``; ``+blurpool`` through ``ffcv_utils.models``."""
+    """(model, note): torchvision ``arch``; ``+blurpool`` through ``ffcv_utils.train.models``."""
     import torchvision
 
     base, _, extra = arch.partition("+")
@@ -58,16 +58,16 @@ def build_model(arch: str, num_classes: int = 1000):
     if not extra:
         return torchvision.models.get_model(base, weights=None, num_classes=num_classes), ""
     try:
-        from ffcv_utils import models as tk_models
+        from ffcv_utils.train import models as tk_models
     except ImportError:
-        return None, "skipped: ffcv_utils.models does not exist yet"
+        return None, "skipped: ffcv_utils.train.models does not exist yet"
     if hasattr(tk_models, "create_model"):
         return tk_models.create_model(base, num_classes, use_blurpool=True), "toolkit BlurPool"
     if hasattr(tk_models, "apply_blurpool"):
         model = torchvision.models.get_model(base, weights=None, num_classes=num_classes)
         tk_models.apply_blurpool(model)  # in place
         return model, "toolkit BlurPool"
-    return None, "skipped: ffcv_utils.models has no BlurPool helper"
+    return None, "skipped: ffcv_utils.train.models has no BlurPool helper"
 
 
 class Bench:
@@ -149,7 +149,7 @@ def endless(loader):
 
 def open_e2e(bench, beton, batch_size, res, workers, decoder="fast"):
     """The toolkit's training loader on ``beton``, and an endless iterator over it."""
-    from ffcv_utils.data import train_loader
+    from ffcv_utils.load.loaders import train_loader
 
     td = train_loader(str(beton), batch_size=batch_size, num_workers=workers, res=res,
                       device=bench.device, in_memory=True, seed=0, decoder=decoder)
@@ -162,7 +162,7 @@ def time_e2e(bench, td, batches, res, warmup, steps) -> tuple[float, float]:
     The resolution changes at the next epoch (as in training), so batches still at the old
     resolution are consumed untimed first.
     """
-    from ffcv_utils.data import normalize
+    from ffcv_utils.load.loaders import normalize
 
     in_dtype = bench.torch.float32 if not bench.autocast else bench.dtype
     td.set_resolution(res)
@@ -201,7 +201,7 @@ def make_photo_beton(root: Path, images: int, classes: int, procs: int) -> Path:
     from concurrent.futures import ProcessPoolExecutor
 
     from benchmarks.loader_throughput import ensure_betons, folder_fingerprint, image_files
-    from ffcv_utils.sample_data import make_photo_folder
+    from ffcv_utils.tools.sample_data import make_photo_folder
 
     data = root / "photos"
     if not data.exists():
@@ -323,7 +323,7 @@ def run(argv: list[str] | None = None):
         if beton is None:
             parser.error("the e2e mode needs --beton or --photos")
         v = parse_variant(args.e2e_variant) if args.e2e_variant else variants[-1]
-        from ffcv_utils.beton import BetonError, check
+        from ffcv_utils.beton.check import BetonError, check
 
         try:
             n_images = check(beton, "--beton")

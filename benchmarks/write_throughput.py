@@ -3,7 +3,7 @@
 Rows (same photos, same worker count, ffcv-imagenet's published settings: max_resolution 500,
 jpeg_quality 90, compress_probability 0.5):
 
-* ``toolkit-jpg`` / ``toolkit-proportion``: ``ffcv_utils.writer.write_split`` as
+* ``toolkit-jpg`` / ``toolkit-proportion``: ``ffcv_utils.write.writer.write_split`` as
   ``write_ffcv.py`` calls it, with JPEG passthrough (a source JPEG that needs no resize and that
   the mode stores as JPEG keeps its own bytes);
 * ``toolkit-jpg-reencode`` / ``toolkit-proportion-reencode``: the same with ``reencode=True``
@@ -34,7 +34,7 @@ round therefore also writes a quarter of the photos (``--small``, hard links in 
 folder), and ``marginal_img_per_s`` / ``marginal_cpu_ms_per_img`` are the rate and CPU of the
 photos the big write has beyond the small one (the median over rounds of the differences).
 
-    python -m ffcv_utils.sample_data photos bench_data/photos4000 --images 4000 --classes 10
+    python -m ffcv_utils.tools.sample_data photos bench_data/photos4000 --images 4000 --classes 10
     python benchmarks/write_throughput.py --data-dir bench_data/photos4000 --workers 2 --rounds 3 \\
         --out benchmarks/results/write_cpu_marginal.csv
 """
@@ -107,7 +107,7 @@ def child_main(args) -> None:
     import ffcv.writer  # noqa: F401
 
     if program == "toolkit":
-        from ffcv_utils.writer import write_split
+        from ffcv_utils.write.writer import write_split
     else:
         import torchvision.datasets  # noqa: F401
     started, cpu0 = time.time(), _cpu_seconds()
@@ -237,7 +237,7 @@ def warm_up(env: dict) -> None:
     import subprocess
 
     subprocess.run([sys.executable, "-c",
-                    "import ffcv.writer, ffcv.fields, torchvision.datasets, ffcv_utils.writer"],
+                    "import ffcv.writer, ffcv.fields, torchvision.datasets, ffcv_utils.write.writer"],
                    env=env, check=True)
 
 

@@ -2,11 +2,11 @@
 the top-level script of the checkout (``ffcv-train`` is ``train_imagenet.py``, and so on)."""
 from __future__ import annotations
 
-from .cli import run_main
+from .base.cli import run_main
 
 
 def write() -> None:
-    from .write_cli import main
+    from .write.cli import main
     run_main(main, prog="ffcv-write")
 
 
@@ -21,30 +21,30 @@ def find_lr() -> None:
 
 
 def predict() -> None:
-    from .predict import main
+    from .tools.predict import main
     run_main(main, prog="ffcv-predict")
 
 
 def export() -> None:
-    from .export import main
+    from .tools.export import main
     run_main(main, prog="ffcv-export")
 
 
 def inspect() -> None:
-    from .inspect import main
+    from .tools.inspect_beton import main
     run_main(main, prog="ffcv-inspect")
 
 
 def convert_checkpoint() -> None:
-    from .checkpoint import main
+    from .train.checkpoint import main
     run_main(main, prog="ffcv-convert-checkpoint")
 
 
 def demo() -> None:
-    from .demo import main
+    from .tools.demo import main
     run_main(main, prog="ffcv-demo")
 
 
 def evaluate() -> None:
-    from .evaluate import main
+    from .tools.evaluate import main
     run_main(main, prog="ffcv-eval")

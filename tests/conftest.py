@@ -12,7 +12,7 @@ import pytest
 import timm  # noqa: F401  (see below)
 from filelock import FileLock
 
-from ffcv_utils.sample_data import make_digits_folder, make_photo_folder
+from ffcv_utils.tools.sample_data import make_digits_folder, make_photo_folder
 
 # timm imports wandb, whose pydantic models parse source with ``ast`` on first import. CPython
 # 3.11's AST constructor keeps its recursion count in shared state (python/cpython#106905), and a
@@ -96,7 +96,7 @@ def photos_dir(tmp_path_factory):
 
 def _write_digits(tmp_path_factory, name, digits_dir, subsets=(-1, -1)):
     """(train.beton, val.beton) of ``digits_dir``, each of its subset's size (-1: all)."""
-    from ffcv_utils.writer import write_split
+    from ffcv_utils.write.writer import write_split
 
     def build(out):
         for split, subset in zip(("train", "val"), subsets):
@@ -164,7 +164,7 @@ def eval_suites(tmp_path_factory):
     """The digits laid out as ImageNet's val (``ILSVRC2012_val_<n>`` names), ReaL's real.json,
     ImageNetV2, -R, -A and -Sketch ship, folders and archives (``sample_data.make_eval_suites``),
     classes named as ``digits_run``'s, so that run can be evaluated on them (``ffcv-eval``)."""
-    from ffcv_utils.sample_data import DIGIT_NAMES, make_eval_suites
+    from ffcv_utils.tools.sample_data import DIGIT_NAMES, make_eval_suites
 
     names = [f"{i}_{name}" for i, name in enumerate(DIGIT_NAMES)]
     return built_once(tmp_path_factory, "eval_suites",

@@ -3,7 +3,6 @@ run's log, a beton with one damaged JPEG, free ports for torchrun, and running a
 script in process (its one-line error path included)."""
 from __future__ import annotations
 
-import json
 import runpy
 import shutil
 import socket
@@ -45,7 +44,10 @@ def run(*args, timeout=600, **kw):
 
 
 def read_log(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    """A run's log.jsonl records, read as the package reads them (the one log reader)."""
+    from ffcv_utils.train.runlog import read_jsonl
+
+    return read_jsonl(Path(run_dir) / "log.jsonl")
 
 
 def damaged_copy(beton, out: Path) -> Path:
@@ -53,7 +55,7 @@ def damaged_copy(beton, out: Path) -> Path:
     (that image decodes grey and is counted as a decode failure)."""
     from ffcv.reader import Reader
 
-    from ffcv_utils.dataset_info import sidecar_path
+    from ffcv_utils.beton.sidecar import sidecar_path
 
     shutil.copyfile(beton, out)
     shutil.copyfile(sidecar_path(beton), sidecar_path(out))

@@ -3,8 +3,8 @@
     python tests/injected_trainer.py stall AT MARKER TRAINER_ARGS...
     python tests/injected_trainer.py fail AT TRAINER_ARGS...
 
-The op sits in the label pipeline of the first training loader built and acts at its AT-th
-batch, counted over the run. ``stall``: create the file MARKER, then wait until
+The op sits in the label pipeline of the first training loader built (added through the loader's
+public ``TRAIN_LABEL_HOOKS``) and acts at its AT-th batch, counted over the run. ``stall``: create the file MARKER, then wait until
 ``MARKER.release`` exists (at most 120 s), as a loader on a hung network disk. ``fail``: raise,
 as a sample that cannot be decoded. The trainer itself runs unchanged (``train_imagenet.py`` as
 ``__main__``)."""
@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)  # this checkout's ffcv_utils, as for ``python train_im
 
 from ffcv.pipeline.operation import Operation  # noqa: E402
 
-import ffcv_utils.data as data  # noqa: E402
+import ffcv_utils.load.loaders as data  # noqa: E402
 
 mode, at = sys.argv[1], int(sys.argv[2])
 marker = sys.argv[3] if mode == "stall" else None
@@ -50,17 +50,15 @@ class ActAt(Operation):
         return replace(previous_state, jit_mode=False), None
 
 
-original, built = data._label_pipeline, []
+built = []
 
 
-def label_pipeline(device):
-    ops = original(device)
-    if not built:
-        ops.insert(2, ActAt())  # after ToTensor: non-jitted, as the ops that follow it
+def act_in_first_loader():
+    """The op for the first training loader built only."""
     built.append(1)
-    return ops
+    return ActAt() if len(built) == 1 else None
 
 
-data._label_pipeline = label_pipeline
+data.TRAIN_LABEL_HOOKS.append(act_in_first_loader)
 sys.argv = ["train_imagenet.py", *trainer_args]
 runpy.run_path(os.path.join(ROOT, "train_imagenet.py"), run_name="__main__")

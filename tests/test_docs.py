@@ -86,8 +86,8 @@ def test_readme_is_a_guide():
 def test_every_key_is_in_the_configuration_page():
     from fastargs import Config
 
-    from ffcv_utils.config import declare_sections
-    from ffcv_utils.write_cli import PARAMS
+    from ffcv_utils.train.config import declare_sections
+    from ffcv_utils.write.cli import PARAMS
 
     page = (REPO / "docs" / "configuration.md").read_text()
     keys = [".".join(path) for path in declare_sections(Config()).entries]

@@ -9,5 +9,8 @@
 - ``run``: ``main`` and ``run`` in phases: set up, restore, train epochs, finish.
 - ``find_lr``: the LR range test, stepping through ``steps.train_step`` on the same set-up.
 
-The checkpoint format (what a resume reads back) is owned by ``ffcv_utils.checkpoint``.
+Around them: ``config`` (the schema of every key) and ``checks`` (what makes sense), ``schedules``
+(the LR schedules' table) and ``shrink``, ``models``, ``optim`` (the optimizers' table), ``loss``,
+``mixup`` (batch augmentations), ``ema``, ``checkpoint`` (the format a resume reads back),
+``runlog``, ``metrics_plot``, ``tracking``, ``telemetry`` and ``lr_finder``.
 """

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import checkpoint as ckpt
-from .. import distributed as du
-from ..cli import UserError
-from ..data import train_loader, val_loader
-from ..models import blurpool_layers, create_model
-from ..recipe import (Recipe, apply_sync_bn, build_batch_augment, build_criterion, build_ema,
-                      build_optimizer)
+from . import checkpoint as ckpt
+from ..base import distributed as du
+from ..base.cli import UserError
+from ..load.loaders import train_loader, val_loader
+from .models import apply_sync_bn, blurpool_layers, create_model
+from .ema import build_ema
+from .loss import build_criterion
+from .mixup import build_batch_augment
+from .optim import Recipe, build_optimizer
 from .plan import batch_for, resolution_for, resolutions
 from .steps import amp_dtype
 
@@ -82,7 +84,7 @@ def wrap(setup: Setup, env: du.DistEnv, compile: bool) -> None:
 def settle_in_memory(p, env: du.DistEnv) -> str | None:
     """Resolve ``data.in_memory auto`` from the betons' size and this node's free memory (rank
     0 decides, every rank follows); the warning when the betons will not fit the page cache."""
-    from ..memory_check import check_memory, resolve_in_memory
+    from ..load.memory_check import check_memory, resolve_in_memory
 
     betons = [p.data.val_dataset] + ([] if p.training.eval_only else [p.data.train_dataset])
     verdict = check_memory(betons)

@@ -15,10 +15,10 @@ import sys
 
 import torch
 
-from .. import distributed as du
-from .. import lr_finder
-from ..cli import ArgParser, UserError
-from ..config import load_config
+from ..base import distributed as du
+from . import lr_finder
+from ..base.cli import ArgParser, UserError
+from .config import load_config
 from .build import build_setup, make_train_data, settle_in_memory, wrap
 from .plan import check_class_lists, lr_batches, num_workers_for
 from .steps import train_step

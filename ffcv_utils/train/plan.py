@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cli import UserError
-from ..dataset_info import class_list_mismatch, read_info, sidecar_path
-from ..schedules import parse_stages, resolution_at, scaled_lr, stage_at
+from ..base.cli import UserError
+from ..beton.sidecar import class_list_mismatch, read_info, sidecar_path
+from .schedules import parse_stages, resolution_at, scaled_lr, schedule_keywords, stage_at
 
 
 def check_class_lists(p) -> tuple[int, list | None]:
@@ -88,7 +88,6 @@ def effective_lr(p, meta, world_size: int) -> tuple[float, str]:
 
 
 def schedule_kwargs(p, lr: float) -> dict:
+    """What ``schedules.lr_at`` needs for this run's LR schedule at peak ``lr``."""
     return dict(schedule=p.lr.lr_schedule_type, lr=lr, epochs=p.training.epochs,
-                peak_epoch=p.lr.lr_peak_epoch, step_ratio=p.lr.step_ratio,
-                step_length=p.lr.step_length, warmup_epochs=p.lr.warmup_epochs,
-                pct_start=p.lr.pct_start)
+                **schedule_keywords(p.lr))

@@ -18,19 +18,19 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint as ckpt
-from .. import distributed as du
-from .. import peers, watchdog
-from ..beton import check_trainer_betons
-from ..cli import UserError
-from ..config import as_flat_dict, load_config
-from ..data import take_decode_failures
-from ..atomic import atomic_write_text
-from ..logging import JsonlLogger
-from ..plot import plot_run
-from ..recipe import periodic_checkpoint_name
-from ..schedules import stage_epoch_lrs
-from ..tracking import Trackers
+from . import checkpoint as ckpt
+from ..base import distributed as du
+from ..base import peers
+from ..load import watchdog
+from ..beton.check import check_trainer_betons
+from ..base.cli import UserError
+from .config import as_flat_dict, load_config
+from ..load.loaders import take_decode_failures
+from ..base.atomic import atomic_write_text
+from .runlog import JsonlLogger
+from .metrics_plot import plot_run
+from .schedules import stage_epoch_lrs
+from .tracking import Trackers
 from .build import Setup, build_setup, make_train_data, make_val_data, settle_in_memory, wrap
 from .plan import (batch_for, check_class_lists, effective_lr, num_workers_for, resolution_for,
                    schedule_kwargs)
@@ -322,7 +322,7 @@ def end_epoch(r: Run, progress: ckpt.Progress, record: dict) -> None:
     state = ckpt.training_state(r.setup.recipe, progress, params=as_flat_dict(r.p),
                                 run_id=r.run_id)
     ckpt.save_epoch(state, r.run_dir, is_best=is_best,
-                    backup=periodic_checkpoint_name(epoch + 1, r.p.training.checkpoint_every))
+                    backup=ckpt.periodic_checkpoint_name(epoch + 1, r.p.training.checkpoint_every))
     top = "-" if record["top_1"] is None else f"{record['top_1']:.4f}"
     print(f"=> epoch {epoch}: res {record['train_res']} lr {record['lr']:.4f}->"
           f"{record['lr_end']:.4f} train_loss {record['train_loss']:.4f} top-1 {top} "

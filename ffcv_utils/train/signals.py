@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 
-from .. import distributed as du
+from ..base import distributed as du
 
 
 class Stop(Exception):

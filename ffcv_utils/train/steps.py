@@ -8,11 +8,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .. import distributed as du
-from .. import telemetry
-from ..data import normalize
-from ..logging import SumMeter
-from ..recipe import accumulation_groups
+from ..base import distributed as du
+from . import telemetry
+from ..load.loaders import normalize
+from .runlog import SumMeter
+from .optim import accumulation_groups
 
 # How often (in iterations) distributed ranks agree on whether a stop signal arrived: each check
 # is one tiny all_reduce plus a host sync.

@@ -1,0 +1,1 @@
+"""Tools around a run or a beton: predict, export, inspect, plots, sample data."""
