@@ -104,17 +104,18 @@ def photo_beton(data_dir: Path, images: int, workers: int = 2, seed: int = 0) ->
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
+    from ffcv_utils.base.atomic import atomic_path
+
     path = Path(data_dir) / f"photos-{images}-seed{seed}-proportion.beton"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fields = {"image": RGBImageField(write_mode="proportion", max_resolution=500,
                                      jpeg_quality=90, compress_probability=0.5),
               "label": IntField()}
-    DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(
-        _Photos(images, seed), chunksize=50)
-    tmp.rename(path)
+    with atomic_path(path) as tmp:
+        DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(
+            _Photos(images, seed), chunksize=50)
     return path
 
 
@@ -567,15 +568,16 @@ def tiny_beton(data_dir: Path, n: int, classes: int, workers: int = 2) -> Path:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
+    from ffcv_utils.base.atomic import atomic_path
+
     path = Path(data_dir) / f"tiny-{n}-{classes}c.beton"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fields = {"image": RGBImageField(write_mode="raw", max_resolution=8), "label": IntField()}
-    DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(
-        _Tiny(n, classes), chunksize=20_000)
-    tmp.rename(path)
+    with atomic_path(path) as tmp:
+        DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(
+            _Tiny(n, classes), chunksize=20_000)
     return path
 
 
@@ -604,7 +606,7 @@ def open_and_check(path: Path, repeat: int) -> dict:
     """Seconds of the toolkit's check (its per-process memo cleared) and of ffcv's Reader."""
     from ffcv.reader import Reader
 
-    from ffcv_utils.beton.check import check as beton
+    from ffcv_utils.beton import check as beton
 
     def checked():
         beton._sound.clear()

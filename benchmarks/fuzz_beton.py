@@ -403,8 +403,7 @@ def restore(path: Path, data: bytes, m: Mutant, side: Path, side_text: str | Non
 def check_once(path: Path) -> tuple[str, str, int]:
     """``(outcome, message, bytes allocated at the peak)``: outcome is 'passed', 'refused' (one
     line naming the file) or 'failure' (anything else)."""
-    from ffcv_utils import beton
-
+    from ffcv_utils.beton import check as beton
     beton._sound.clear()  # each mutant is checked afresh (same size, same mtime tick)
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
@@ -520,8 +519,9 @@ def decode_child(files: list[str], memory: int) -> None:
     import torch  # noqa: F401  (imported before the limit: its libraries are large)
     from ffcv.loader import Loader  # noqa: F401
 
-    from ffcv_utils import data, fast_decode
+    from ffcv_utils.load import loaders as data
 
+    from ffcv_utils.load import decode as fast_decode
     fast_decode.library()
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (_vm_bytes() + memory, hard))

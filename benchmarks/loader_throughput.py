@@ -86,12 +86,12 @@ def write_beton(data_dir: Path, path: Path, mode: str, workers: int) -> str:
     from ffcv.writer import DatasetWriter
     from torchvision.datasets import ImageFolder
 
-    tmp = path.with_name(path.name + ".partial")
-    tmp.unlink(missing_ok=True)
+    from ffcv_utils.base.atomic import atomic_path
+
     dataset = ImageFolder(str(data_dir / "train"))
     fields = {"image": RGBImageField(write_mode=mode, **PUBLISHED), "label": IntField()}
-    DatasetWriter(str(tmp), fields, num_workers=max(1, workers)).from_indexed_dataset(dataset)
-    tmp.rename(path)
+    with atomic_path(path) as tmp:
+        DatasetWriter(str(tmp), fields, num_workers=max(1, workers)).from_indexed_dataset(dataset)
     return "ffcv.writer.DatasetWriter"
 
 

@@ -210,13 +210,15 @@ def make_photo_beton(root: Path, images: int, classes: int, procs: int) -> Path:
         with ProcessPoolExecutor(procs) as ex:
             list(ex.map(make_photo_folder, [parts / f"p{i}" for i in range(procs)],
                         [per] * procs, [classes] * procs, [0] * procs, range(procs)))
-        tmp = root / "photos.tmp"
+        from ffcv_utils.base.atomic import publish, temporary_folder_beside
+
+        tmp = temporary_folder_beside(data)
         for i in range(procs):
             for f in (parts / f"p{i}" / "train").rglob("*.JPEG"):
                 dest = tmp / "train" / f.parent.name
                 dest.mkdir(parents=True, exist_ok=True)
                 f.rename(dest / f"p{i}_{f.name}")
-        tmp.rename(data)
+        publish(tmp, data)
     files = image_files(data / "train")
     _, fp = folder_fingerprint(files)
     return ensure_betons(data, root / "betons", ["proportion"], procs, fp)["proportion"][0]

@@ -20,6 +20,10 @@ def file_kind(mode: int) -> str:
     return "special file"
 
 
+class NotRegular(OSError):
+    """A FIFO, device, socket or folder where a regular file was expected; says which."""
+
+
 def open_regular(path: str | Path) -> BinaryIO:
     """``path`` opened for reading if it is a regular file (never blocks on a FIFO or device);
     else OSError (FileNotFoundError when it is absent, ValueError for a NUL in the name)."""
@@ -27,7 +31,7 @@ def open_regular(path: str | Path) -> BinaryIO:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise OSError(f"not a regular file ({file_kind(mode)}): {path}")
+            raise NotRegular(f"not a regular file ({file_kind(mode)})")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

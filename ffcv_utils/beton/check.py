@@ -25,7 +25,6 @@ metadata: both decoders bound that themselves (README, "What the decoder guarant
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from . import sidecar as dataset_info
 from ..base.cli import UserError
+from ..base.files import NotRegular, open_regular
 
 # The fields this toolkit writes (writer.Settings.fields), as ffcv's type ids (ffcv.types).
 SCHEMA = (("image", 2), ("label", 1))
@@ -107,18 +107,17 @@ def _check(path: Path, prefix: str) -> Facts:
     except dataset_info.SidecarError as e:
         raise BetonError(f"{prefix}{e}") from None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the check
+        f = open_regular(path)  # a FIFO must not block the check
     except FileNotFoundError:
         raise bad("file not found") from None
+    except NotRegular as e:
+        raise bad(str(e)) from None
     except OSError as e:
         raise bad(f"cannot be opened ({e.strerror})") from None
     except ValueError:  # a NUL in the name
         raise bad("not a usable file name") from None
-    with open(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise bad("not a regular file")
-        head = _header(f, st.st_size, bad)
+    with f:
+        head = _header(f, os.fstat(f.fileno()).st_size, bad)
         image, labels = _metadata(f, head, bad)
         alloc = _alloc_table(f, head, bad)
     classes = len(info["classes"]) if info else None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..base.atomic import atomic_write_text
 from ..base.cli import UserError
-from ..base.files import read_regular
+from ..base.files import NotRegular, read_regular
 
 SUFFIX = ".json"
 # ImageNet's sidecar is ~60 kB (class names, counts, settings); the list of skipped files is
@@ -54,7 +54,9 @@ def read_info(beton: str | Path) -> dict | None:
         data = read_regular(path, MAX_BYTES)
     except FileNotFoundError:
         return None
-    except OSError as e:  # not a regular file, over MAX_BYTES, unreadable
+    except NotRegular as e:
+        raise bad(str(e)) from None
+    except OSError as e:  # over MAX_BYTES, unreadable
         raise bad(f"cannot be read ({e.strerror or e}): not a class list this toolkit wrote") \
             from None
     except ValueError:  # a NUL in the name

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..base.cli import ArgParser, UserError, run_main
+from ..base.files import read_regular
 from .predict import IMAGE_SUFFIXES, RunModel, load_run_model, predict
 
 # Gradio otherwise calls out for a version check and telemetry at import and launch.
@@ -34,6 +35,27 @@ def run_card(rm: RunModel, weights: Path) -> dict:
     card["arch"] = card.get("arch") or rm.arch
     card["resolution"] = card.get("resolution") or rm.resolution
     return card
+
+
+def read_class_names(path: Path, classes: list[str]) -> list[str]:
+    """Words for each class id from a file of ``<id> <words>`` lines (Kaggle's
+    ``LOC_synset_mapping.txt``, ``n01440764 tench, Tinca tinca``): the words before the first
+    comma; a class the file does not name keeps its id. Untrusted: a regular file of at most
+    16 MiB in UTF-8, else one line."""
+    try:
+        text = read_regular(path, 16 << 20).decode("utf-8")
+    except (OSError, ValueError) as e:
+        raise UserError(f"--class-names: cannot read {path}: {getattr(e, 'strerror', None) or e}"
+                        ) from None
+    words = {}
+    for line in text.splitlines():
+        key, _, rest = line.strip().partition(" ")
+        if key and rest.strip():
+            words[key] = rest.split(",")[0].strip()
+    if not any(c in words for c in classes):
+        raise UserError(f"--class-names: {path} names none of the run's {len(classes)} classes "
+                        f"(e.g. {classes[0]!r})")
+    return [words.get(c, c) for c in classes]
 
 
 def title_markdown(card: dict) -> str:
@@ -141,6 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--share", type=int, choices=(0, 1), default=0,
                     help="1: also a public gradio.live link (needs the internet)")
     ap.add_argument("--examples", type=Path, help="a folder of images to offer as examples")
+    ap.add_argument("--class-names", type=Path, help="words for the class ids: lines of '<id> "
+                    "<words>' (Kaggle's LOC_synset_mapping.txt)")
     ap.add_argument("--concurrency", type=int, default=1,
                     help="images classified at once; more requests wait in the queue")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -152,6 +176,8 @@ def main(argv=None) -> int:
     if a.examples is not None and not a.examples.is_dir():
         raise UserError(f"--examples: no such folder {a.examples}")
     rm = load_run_model(a.weights, a.device)
+    if a.class_names is not None:
+        rm.card["class_names"] = read_class_names(a.class_names, rm.classes)
     examples = example_files(a.examples) if a.examples is not None else []
     page = build_page(rm, run_card(rm, Path(a.weights)), examples, a.concurrency, a.device)
     import gradio as gr

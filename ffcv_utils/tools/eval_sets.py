@@ -25,7 +25,7 @@ import numpy as np
 from ..base.cli import UserError
 from ..write.sources.archives import Member, read_members, scan_tar
 from ..write.sources.base import Sample
-from ..write.sources.imagefolder import list_files
+from ..write.sources.untrusted import walk_files
 from ..write.sources.scanned import ScannedSource
 
 MAX_MEMBER = 64 << 20  # an archive member larger than this is no image of these sets: skipped
@@ -75,10 +75,14 @@ def list_folder(folder: Path) -> tuple[list[tuple[str, str, object]], list[tuple
                          and not e.name.startswith("."))
         loose = sorted(e.name for e in os.scandir(root) if e.is_file()
                        and not e.name.startswith("."))
-        rows = [(c, os.path.relpath(f, root), f) for c in classes for f in list_files(root / c)]
+        rows, skipped = [], [(str(root / f), "not in a class folder") for f in loose]
+        for c in classes:  # walked as the writer walks (regular files, links kept inside)
+            files, bad = walk_files(root / c, root)
+            rows += [(c, os.path.relpath(f, root), f) for f in files]
+            skipped += bad
     except OSError as e:
         raise UserError(f"cannot read {folder}: {e.strerror}") from None
-    return rows, [(str(root / f), "not in a class folder") for f in loose]
+    return rows, skipped
 
 
 def _members_of_gzip(path: Path) -> list[Member]:

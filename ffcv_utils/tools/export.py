@@ -64,8 +64,8 @@ def run_exported(fmt: str, path: Path, x: torch.Tensor,
     """The exported model's logits for ``x`` (a .safetensors file runs in a fresh model built
     as ``rm``'s, loaded without pickle)."""
     if fmt == "safetensors":
-        from .checkpoint import load_weights
-        from .models import create_model
+        from ..train.checkpoint import load_weights
+        from ..train.models import create_model
         model = create_model(rm.arch, len(rm.classes), use_blurpool=rm.blurpool,
                              resolutions={rm.resolution})
         load_weights(model, path, "--format safetensors")

@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..base.files import open_regular
+from ..base.files import NotRegular, open_regular
 
 # The pixel budget: 100 Mpx, several times the largest photos in ImageNet (tens of Mpx at most),
 # 10000 x 10000. Set as PIL's own limit too, so PIL's check in Image.open (an error here, not a
@@ -113,6 +113,8 @@ def _regular_file(path) -> io.BufferedReader:
     end): opened without blocking, then checked."""
     try:
         f = open_regular(path)
+    except NotRegular as e:
+        raise ImageRefused(str(e)) from None
     except (OSError, ValueError) as e:
         raise ImageRefused(f"cannot open: {getattr(e, 'strerror', None) or e}") from None
     if os.fstat(f.fileno()).st_size == 0:

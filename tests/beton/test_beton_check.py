@@ -248,7 +248,7 @@ def test_an_extra_field_crashed_the_loader_and_is_refused_now(digits_betons, tmp
     bad = with_extra_field(val, tmp_path / "extra.beton")
     # without the check (the loaders as they were): ffcv decodes 'extra' with its default
     # decoder, copying ~1-3 kB per image into 3-byte slots; glibc aborts (exit 134)
-    code = ("from ffcv_utils import data\n"
+    code = ("from ffcv_utils.load import loaders as data\n"
             "data.check_beton = lambda *a, **k: None\n"
             f"for _ in data.val_loader({str(bad)!r}, batch_size=64, num_workers=2, res=32):\n"
             "    pass\n")
@@ -302,11 +302,11 @@ def test_fifos_are_refused_without_blocking(small_digits_betons, tmp_path):
     bad = tmp_path / "fifo.beton"
     shutil.copy(small_digits_betons[1], bad)
     os.mkfifo(str(bad) + ".json")
-    assert refusal(bad) == f"data.x: {bad}.json: not a regular file"
+    assert refusal(bad) == f"data.x: {bad}.json: not a regular file (FIFO)"
     os.unlink(str(bad) + ".json")
     bad.unlink()
     os.mkfifo(bad)
-    assert refusal(bad) == f"data.x: {bad}: not a regular file"
+    assert refusal(bad) == f"data.x: {bad}: not a regular file (FIFO)"
 
 
 def test_labels_must_fit_model_num_classes_without_a_sidecar(small_digits_betons, tmp_path):

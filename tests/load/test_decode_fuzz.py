@@ -259,7 +259,7 @@ def test_progressive_stream_of_too_many_scans_is_refused(samples):
 _FAILED_RESIZE = r"""
 import json, resource, sys
 import numpy as np
-from ffcv_utils import fast_decode
+from ffcv_utils.load import decode as fast_decode
 lib, rows = fast_decode.library(), 20_000_000
 data = np.fromfile(sys.argv[1], np.uint8)
 h, w = int(sys.argv[2]), int(sys.argv[3])

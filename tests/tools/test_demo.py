@@ -60,6 +60,23 @@ def test_class_names_shown_are_readable_and_distinct():
     assert display_names(rm) == rm.classes
 
 
+def test_class_names_come_from_a_synset_mapping_file(tmp_path):
+    """--class-names: Kaggle's LOC_synset_mapping.txt gives words; an id it lacks keeps its id;
+    a file that names none of the classes, or a FIFO, is one line."""
+    from ffcv_utils.base.cli import UserError
+    from ffcv_utils.tools.demo import read_class_names
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("n01440764 tench, Tinca tinca\nn02012849 crane\n")
+    classes = ["n01440764", "n02012849", "n09999999"]
+    assert read_class_names(mapping, classes) == ["tench", "crane", "n09999999"]
+    with pytest.raises(UserError, match="names none of the run's 1 classes"):
+        read_class_names(mapping, ["0_zero"])
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="not a regular file"):
+        read_class_names(fifo, classes)
+
+
 def test_examples_are_one_image_a_class(digits_dir):
     from ffcv_utils.tools.demo import example_files
     files = example_files(Path(digits_dir) / "val")

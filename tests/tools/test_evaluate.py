@@ -21,7 +21,7 @@ import torch
 
 from helpers import ROOT, free_port, read_log
 
-from ffcv_utils import checkpoint as ckpt
+from ffcv_utils.train import checkpoint as ckpt
 from ffcv_utils.beton.sidecar import read_info, sidecar_path
 from ffcv_utils.tools.sample_data import A_CLASSES, R_CLASSES
 

@@ -18,8 +18,7 @@ import torch
 
 from helpers import EPOCHS, ROOT, args_for, read_log, run
 
-from ffcv_utils import checkpoint as ckpt
-
+from ffcv_utils.train import checkpoint as ckpt
 pytestmark = pytest.mark.timeout(600)  # the shared run may be built in the first test
 OLD_GLOBALS = {"numpy._core.multiarray.scalar", "numpy.dtype"}  # and the float64 dtype it builds
 

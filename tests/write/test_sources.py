@@ -9,6 +9,7 @@ import shutil
 import tarfile
 import tempfile
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -246,14 +247,15 @@ def test_a_form_added_to_the_registry_gets_its_option_check_and_dispatch(monkeyp
     from ffcv_utils.write.sources.registry import FORMS, Form, source_options
 
     opened = []
+    demo = SimpleNamespace(classes=["a", "b"], describe=lambda: "the demo source")
 
-    def open_demo(split, options, classes, class_source):
-        opened.append((split, options["demo_source"], classes))
-        return "the demo source"
+    def open_demo(split, options, classes, class_source, max_classes):
+        opened.append((split, options["demo_source"], classes, max_classes))
+        return demo
 
     monkeypatch.setitem(FORMS, "demo", Form("demo_source", "a demo layout", open_demo))
     assert source_options()["demo_source"] == "a demo layout"
-    assert open_source("val", demo_source="here", class_list=["a", "b"]) == "the demo source"
-    assert opened == [("val", "here", ["a", "b"])]
+    assert open_source("val", demo_source="here", class_list=["a", "b"], max_classes=5) is demo
+    assert opened == [("val", "here", ["a", "b"], 5)]
     _one_line_error(r"--cfg.wds_shards and --cfg.demo_source name two sources",
                     wds_shards="x", demo_source="here")

@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffcv_utils import dataset_info, images
+from ffcv_utils.beton import sidecar as dataset_info
+
+from ffcv_utils.write import images
 from ffcv_utils.write.images import ImageRefused, open_rgb
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BOMB_SIDE = 12000  # 144 Mpx: over the 100 Mpx budget, under twice PIL's old 89.5 Mpx limit
 # The writer's address space past its imports: enough for it to write small images, not for an
 # 8-bit 144 Mpx image decoded (144 MB) and converted to RGB (576 MB more), as it was before.

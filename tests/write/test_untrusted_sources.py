@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from ffcv.reader import Reader
 
-from ffcv_utils import dataset_info
-from ffcv_utils import sample_data as sd
+from ffcv_utils.beton import sidecar as dataset_info
+from ffcv_utils.tools import sample_data as sd
 from ffcv_utils.base.cli import UserError
 from ffcv_utils.write.sources.select import open_source
 from ffcv_utils.write.sources.untrusted import EXPAND_CAP, read_regular, scan_tar, walk_files
 from ffcv_utils.write.writer import write_split
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BLOCK = 512
 pytestmark = pytest.mark.timeout(120)
 
