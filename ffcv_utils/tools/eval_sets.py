@@ -93,8 +93,8 @@ def _members_of_gzip(path: Path) -> list[Member]:
 
 def list_tar(path: Path) -> tuple[list[tuple[str, str, object]], list[tuple[str, str]]]:
     """``([(class folder, sample name, Member)], skipped)`` of a tar of class folders."""
-    members = _members_of_gzip(path) if is_gzip(path) else scan_tar(path)
-    kept, skipped = [], []
+    members, skipped = (_members_of_gzip(path), []) if is_gzip(path) else scan_tar(path)
+    kept = []
     for m in members:
         parts = tuple(m.name.removeprefix("./").split("/"))
         if not _visible(parts):
