@@ -5,18 +5,16 @@ the run's labels, and ImageNet-ReaL's ``real.json`` matched to the val beton's s
 Folder names become labels by the suite's rule: ImageNetV2's ``0`` ... ``999`` are class
 indices in ImageNet's sorted-wnid order (the run's class list must be sorted); the others are
 wnids of the run's classes. Every mismatch is one ``UserError`` naming the first offender.
-An uncompressed tar is read in place with the writer's archive reader (header scan, then
-seeks); a gzipped one, which cannot be seeked in, is streamed once to list and once to read.
+Archives go through the writer's untrusted tar reader (``write.sources.untrusted``: bounded
+header parsing, never ``tarfile``): an uncompressed tar is scanned, then read in place by seeks;
+a compressed one (gzip, bzip2, xz), which cannot be seeked in, is streamed once to list and once
+to read, and may expand to at most ``EXPAND_RATIO`` times its size.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
-import tarfile
-import zlib
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -25,18 +23,16 @@ import numpy as np
 from ..base.cli import UserError
 from ..write.sources.archives import Member, read_members, scan_tar
 from ..write.sources.base import Sample
-from ..write.sources.untrusted import walk_files
+from ..write.sources.untrusted import (EXPAND_CAP, is_compressed, skip_reason, stream_tar,
+                                       walk_files)
 from ..write.sources.scanned import ScannedSource
 
 MAX_MEMBER = 64 << 20  # an archive member larger than this is no image of these sets: skipped
 MAX_REAL_JSON = 256 << 20  # ImageNet's real.json is ~1 MB
-GZIP_MAGIC = b"\x1f\x8b"
+# A tar of JPEGs barely compresses (ImageNetV2's .tar.gz expands by ~1.05); a bomb expands by
+# hundreds: a compressed set may expand to this many times its size (at least EXPAND_CAP).
+EXPAND_RATIO = 16
 VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d+)")
-
-
-def is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == GZIP_MAGIC
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,15 +81,27 @@ def list_folder(folder: Path) -> tuple[list[tuple[str, str, object]], list[tuple
     return rows, skipped
 
 
-def _members_of_gzip(path: Path) -> list[Member]:
-    """The regular files of a gzipped tar, one streamed pass (offsets unused: 0)."""
-    with _stream(path) as tar:
-        return [Member(info.name, 0, info.size) for info in _stream_files(tar)]
+def _stream(path: Path, wanted=lambda m: False):
+    """``stream_tar`` over a compressed set, its expansion bounded by its size."""
+    cap = max(EXPAND_CAP, EXPAND_RATIO * path.stat().st_size)
+    return stream_tar(path, wanted, cap=MAX_MEMBER, expand_cap=cap)
+
+
+def _scan_compressed(path: Path) -> tuple[list[Member], list[tuple[str, str]]]:
+    """``scan_tar`` for a compressed tar: one streamed pass, nothing read but headers."""
+    members, skipped = [], []
+    for m, _ in _stream(path):
+        why = skip_reason(m)
+        if why is None:
+            members.append(m)
+        elif why:
+            skipped.append((f"{path}:{m.name}", why))
+    return members, skipped
 
 
 def list_tar(path: Path) -> tuple[list[tuple[str, str, object]], list[tuple[str, str]]]:
     """``([(class folder, sample name, Member)], skipped)`` of a tar of class folders."""
-    members, skipped = (_members_of_gzip(path), []) if is_gzip(path) else scan_tar(path)
+    members, skipped = _scan_compressed(path) if is_compressed(path) else scan_tar(path)
     kept = []
     for m in members:
         parts = tuple(m.name.removeprefix("./").split("/"))
@@ -122,42 +130,17 @@ def list_set(path: Path, option: str) -> tuple[list, list]:
     raise UserError(f"{option}: no such folder or archive: {path}")
 
 
-# --------------------------------------------------------------------------------------------
-# Reading a gzipped tar as a stream, with its errors as one line
-
-
-@contextmanager
-def _stream(path: Path) -> Iterator[tarfile.TarFile]:
-    """A gzipped tar read as a stream; read to its end afterwards, since a cut or corrupt
-    stream shows only there (tarfile takes a cut for the archive's end)."""
-    try:
-        with gzip.open(path, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
-            yield tar
-            while gz.read(1 << 20):
-                pass
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise UserError(f"{path}: damaged .tar.gz archive ({e})") from None
-
-
-def _stream_files(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    for info in tar:
-        if info.isfile():
-            yield info
-
-
-def _read_gzip_members(path: Path, wanted: list[str]) -> Iterator[bytes]:
-    """The bytes of the members named ``wanted`` (in archive order), one streamed pass."""
-    todo = iter(wanted)
-    name = next(todo, None)
-    with _stream(path) as tar:
-        for info in _stream_files(tar):
-            if name is None:
-                break
-            if info.name == name:
-                yield tar.extractfile(info).read()
-                name = next(todo, None)
-    if name is not None:
-        raise UserError(f"{path}:{name}: archive ends early (did it change?)")
+def _read_compressed(path: Path, wanted: list[Member]) -> Iterator[bytes]:
+    """The bytes of the members ``wanted`` (listed by ``_scan_compressed``, in archive order),
+    one streamed pass."""
+    offsets = {m.offset for m in wanted}
+    found = (data for m, data in _stream(path, lambda m: m.offset in offsets) if data is not None)
+    count = 0
+    for data in found:
+        count += 1
+        yield data
+    if count < len(wanted):
+        raise UserError(f"{path}: archive ends early (did it change?)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,8 +164,8 @@ class SetSource(ScannedSource):
             for label, name, file in self._items:
                 yield Sample(name, label, path=str(file))
             return
-        if is_gzip(self.path):
-            datas = _read_gzip_members(self.path, [m.name for _, _, m in self._items])
+        if is_compressed(self.path):
+            datas = _read_compressed(self.path, [m for _, _, m in self._items])
         else:
             datas = read_members((self.path, m) for _, _, m in self._items)
         for (label, name, _), data in zip(self._items, datas):

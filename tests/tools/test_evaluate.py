@@ -5,6 +5,7 @@ line, and a second run (under torchrun, two processes) reuses the cached betons 
 image once."""
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ROOT, free_port, read_log
+from helpers import END, NEGATIVE, ROOT, free_port, read_log, tar_header, tar_member
 
 from ffcv_utils.train import checkpoint as ckpt
 from ffcv_utils.beton.sidecar import read_info, sidecar_path
@@ -246,6 +247,23 @@ def _damaged_targz(tmp, s, digits_betons):
     return ["--v2", str(tmp / "v2.tar.gz")]
 
 
+def _negative_size_targz(tmp, s, digits_betons):
+    """An honest member, then a header whose size is -512 (tarfile reads it forever)."""
+    image = _one_image(s).read_bytes()
+    bad = tar_header("0/b.jpg", size_field=NEGATIVE["base-256 -512"])
+    (tmp / "v2.tar.gz").write_bytes(gzip.compress(tar_member("0/a.jpg", image) + bad + END))
+    return ["--v2", str(tmp / "v2.tar.gz")]
+
+
+def _bomb_targz(tmp, s, digits_betons):
+    """Under 1 MB of gzip that expands past 1 GiB: one member of zeros, 1 MiB a gzip member."""
+    zeros = gzip.compress(bytes(1 << 20), 9)
+    with open(tmp / "r.tar.gz", "wb") as f:
+        f.write(gzip.compress(tar_header("2_two/zeros.jpg", 1100 << 20)))
+        f.writelines(zeros for _ in range(1100))
+    return ["--imagenet-r", str(tmp / "r.tar.gz")]
+
+
 CASES = {  # name: (arguments, run changes, the words the one line must hold)
     "v2 index beyond the classes": (
         lambda tmp, s, b: ["--v2", str(_folders(tmp, s, ["3", "10"]))], {},
@@ -278,7 +296,10 @@ CASES = {  # name: (arguments, run changes, the words the one line must hold)
     "ReaL without a val split": (
         lambda tmp, s, b: ["--real-labels", str(s / "real.json")], {"val_dataset": ""},
         "--real-labels needs the val split"),
-    "damaged .tar.gz": (_damaged_targz, {}, "damaged .tar.gz archive"),
+    "damaged .tar.gz": (_damaged_targz, {}, "v2.tar.gz: damaged archive"),
+    ".tar.gz with a negative member size": (
+        _negative_size_targz, {}, "v2.tar.gz: damaged tar archive at byte"),
+    ".tar.gz bomb": (_bomb_targz, {}, "r.tar.gz: expands to more than 256 MiB"),
 }
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from ffcv.reader import Reader
 
+from helpers import BLOCK, END, NEGATIVE, tar_header as header, tar_member as member
+
 from ffcv_utils.beton import sidecar as dataset_info
 from ffcv_utils.tools import sample_data as sd
 from ffcv_utils.base.cli import UserError
@@ -25,31 +27,10 @@ from ffcv_utils.write.sources.untrusted import EXPAND_CAP, read_regular, scan_ta
 from ffcv_utils.write.writer import write_split
 
 REPO = Path(__file__).resolve().parents[2]
-BLOCK = 512
 pytestmark = pytest.mark.timeout(120)
 
 
 # --------------------------------------------------------------------- hostile files
-
-
-def header(name: str, size: int = 0, flag: bytes = b"0", size_field: bytes | None = None,
-           at: dict[int, bytes] | None = None) -> bytes:
-    """One ustar header block with a correct checksum; ``size_field`` replaces the octal size
-    (a negative one), ``at`` sets other bytes (a sparse header's flags)."""
-    b = bytearray(BLOCK)
-    b[:len(name.encode())] = name.encode()
-    b[100:108], b[108:116], b[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
-    b[124:136] = size_field if size_field is not None else b"%011o\0" % size
-    b[136:148], b[156:157], b[257:265] = b"00000000000\0", flag, b"ustar\x0000"
-    for offset, raw in (at or {}).items():
-        b[offset:offset + len(raw)] = raw
-    b[148:156] = b" " * 8
-    b[148:156] = b"%06o\0 " % sum(b)
-    return bytes(b)
-
-
-def member(name: str, data: bytes, flag: bytes = b"0", **kw) -> bytes:
-    return header(name, len(data), flag, **kw) + data + bytes(-len(data) % BLOCK)
 
 
 def pax(**records: str) -> bytes:
@@ -62,12 +43,6 @@ def pax(**records: str) -> bytes:
             n = len(str(n)) + len(body)
         out += f"{n}{body}".encode()
     return member("././@PaxHeader", out, b"x")
-
-
-END = bytes(2 * BLOCK)
-# -512: tarfile's next header is this one again, forever (checked on 3.11.7)
-NEGATIVE = {"base-256 -512": ((1 << 96) - 512).to_bytes(12, "big"),
-            "octal -512": b"-0000001000\0"}
 
 
 def sparse(name: str, extended: bool = False) -> bytes:

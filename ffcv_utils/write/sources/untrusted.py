@@ -54,16 +54,18 @@ class Member:
 
 class _Region:
     """Forward reads of a tar's bytes: a slice ``[start, end)`` of a seekable file, or a
-    decompressing stream (``end`` None) that may yield at most ``EXPAND_CAP`` bytes."""
+    decompressing stream (``end`` None) that may yield at most ``expand_cap`` bytes."""
 
-    def __init__(self, f: BinaryIO, where: str, start: int = 0, end: int | None = None):
+    def __init__(self, f: BinaryIO, where: str, start: int = 0, end: int | None = None,
+                 expand_cap: int = EXPAND_CAP):
         self.f, self.where, self.start, self.end, self.pos = f, where, start, end, 0
+        self.expand_cap = expand_cap
 
     def read(self, n: int) -> bytes:
         if self.end is None:
-            if self.pos + n > EXPAND_CAP:
-                raise UserError(f"{self.where}: expands to more than {EXPAND_CAP >> 20} MiB "
-                                "(a decompression bomb?)")
+            if self.pos + n > self.expand_cap:
+                raise UserError(f"{self.where}: expands to more than "
+                                f"{self.expand_cap >> 20:,} MiB (a decompression bomb?)")
             data = self.f.read(n)
         else:
             self.f.seek(self.start + self.pos)
@@ -282,25 +284,53 @@ def _decompressing(f: BinaryIO) -> BinaryIO:
     return f
 
 
+def is_compressed(path: str | Path) -> bool:
+    """Whether a tar is gzip, bzip2 or xz compressed (then it is read as a stream)."""
+    with open_tar(path) as raw, _decompressing(raw) as f:
+        return f is not raw
+
+
+def stream_tar(path: str | Path, wanted: Callable[[Member], bool], cap: int = MEMBER_CAP,
+               expand_cap: int = EXPAND_CAP) -> Iterator[tuple[Member, bytes | None]]:
+    """Every member of a tar that may be gzip, bzip2 or xz compressed, read forward once:
+    ``(member, its bytes)`` for the regular members ``wanted`` accepts (each at most ``cap``
+    bytes, else a one-line refusal), ``(member, None)`` for the others. A compressed tar may
+    expand to at most ``expand_cap`` bytes, and is read to its end so that a cut or corrupt
+    stream is an error, not a shorter archive. Offsets count from the start of the
+    decompressed tar, the same in every pass."""
+    import zlib
+
+    with open_tar(path) as raw, _decompressing(raw) as f:
+        stream = f is not raw
+        region = _Region(f, str(path), 0, None if stream else os.fstat(raw.fileno()).st_size,
+                         expand_cap)
+        try:
+            for m in _members(region):
+                if skip_reason(m, cap=1 << 62) is not None or not wanted(m):
+                    yield m, None
+                    continue
+                if m.size > cap:
+                    raise UserError(f"{path}:{m.name}: {m.size:,} bytes, over the {cap:,} "
+                                    "byte limit")
+                data = region.read(m.size) if stream else read_at(raw, m, str(path))
+                if len(data) != m.size:
+                    raise UserError(f"{path}:{m.name}: archive ends inside this member")
+                yield m, data
+            while stream and region.read(1 << 20):
+                pass
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+            raise UserError(f"cannot read {path}: damaged archive ({e})") from None
+
+
 def find_in_tar(path: str | Path, wanted: Callable[[str], bool], cap: int) -> bytes | None:
     """The first regular member whose name ``wanted`` accepts, of a tar that may be gzip,
     bzip2 or xz compressed; read as a stream, at most ``EXPAND_CAP`` bytes decompressed and
     ``cap`` bytes for the member. None when no member matches."""
-    import zlib
-
-    with open_tar(path) as raw, _decompressing(raw) as f:
-        try:
-            region = _Region(f, str(path), 0, None if f is not raw else
-                             os.fstat(raw.fileno()).st_size)
-            for m in _members(region):
-                if skip_reason(m, cap=1 << 62) is None and wanted(m.name):
-                    if m.size > cap:
-                        raise UserError(f"{path}:{m.name}: {m.size:,} bytes, over the "
-                                        f"{cap:,} byte limit")
-                    return region.read(m.size) if f is not raw else read_at(raw, m, str(path))
-        except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:
-            raise UserError(f"cannot read {path}: damaged archive ({e})") from None
-    return None
+    found = stream_tar(path, lambda m: wanted(m.name), cap)
+    try:
+        return next((data for _, data in found if data is not None), None)
+    finally:
+        found.close()
 
 
 def visible(name: str) -> bool:
