@@ -8,4 +8,4 @@ from ffcv_utils.base.cli import run_main
 from ffcv_utils.train.find_lr import main
 
 if __name__ == "__main__":
-    run_main(lambda argv=None: (main(argv), 0)[1], prog="find_lr.py")
+    run_main(main, prog="find_lr.py")

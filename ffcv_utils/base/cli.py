@@ -48,7 +48,9 @@ def quiet_numba_exit_noise() -> None:
 
 
 def run_main(main, prog: str | None = None) -> None:
-    """Run ``main()``; a UserError becomes ``prog: error: ...`` on stderr and exit 2."""
+    """Run ``main()``; a UserError becomes ``prog: error: ...`` on stderr and exit 2. An int
+    that ``main`` returns is the exit status; anything else (a result for callers in Python,
+    as ``find_lr``'s) exits 0."""
     prog = prog or os.path.basename(sys.argv[0])
     quiet_numba_exit_noise()
     try:
@@ -59,7 +61,7 @@ def run_main(main, prog: str | None = None) -> None:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(code or 0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 class ArgParser(argparse.ArgumentParser):

@@ -23,8 +23,8 @@ import numpy as np
 from ..base.cli import UserError
 from ..write.sources.archives import Member, read_members, scan_tar
 from ..write.sources.base import Sample
-from ..write.sources.untrusted import (EXPAND_CAP, is_compressed, skip_reason, stream_tar,
-                                       walk_files)
+from ..write.sources.untrusted import (EXPAND_CAP, is_compressed, regular_members,
+                                       stream_tar, walk_files)
 from ..write.sources.scanned import ScannedSource
 
 MAX_MEMBER = 64 << 20  # an archive member larger than this is no image of these sets: skipped
@@ -89,14 +89,7 @@ def _stream(path: Path, wanted=lambda m: False):
 
 def _scan_compressed(path: Path) -> tuple[list[Member], list[tuple[str, str]]]:
     """``scan_tar`` for a compressed tar: one streamed pass, nothing read but headers."""
-    members, skipped = [], []
-    for m, _ in _stream(path):
-        why = skip_reason(m)
-        if why is None:
-            members.append(m)
-        elif why:
-            skipped.append((f"{path}:{m.name}", why))
-    return members, skipped
+    return regular_members(path, (m for m, _ in _stream(path)))
 
 
 def list_tar(path: Path) -> tuple[list[tuple[str, str, object]], list[tuple[str, str]]]:

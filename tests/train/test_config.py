@@ -129,6 +129,17 @@ validation:
     (["--model.weights", "/nonexistent/w.pt"], "model.weights: file not found"),
     (["--training.eval_only", "1"], "training.eval_only: needs --model.weights"),
     (["--logging.run_id", "a/b"], "logging.run_id: must be a plain folder name"),
+    # the recipe's keys (optimizer, loss, mixup, EMA, augmentation)
+    (["--augment.mixup_alpha", "0.2", "--training.batch_size", "7"], "training.batch_size: "),
+    (["--training.optimizer", "adamw", "--training.nesterov", "1"], "training.nesterov: "),
+    (["--training.optimizer", "rmsprop"], "training.optimizer: "),
+    (["--ema.decay", "1"], "ema.decay: "),
+    (["--ema.every", "0"], "ema.every: "),
+    (["--augment.erase_prob", "1.5"], "augment.erase_prob: "),
+    (["--augment.randaug_magnitude", "11"], "augment.randaug_magnitude: "),
+    (["--training.accum_steps", "0"], "training.accum_steps: "),
+    (["--training.clip_grad", "-1"], "training.clip_grad: "),
+    (["--training.loss", "mse"], "training.loss: "),
 ])
 def test_bad_input_is_refused_naming_the_key(betons, args, expected):
     with pytest.raises(UserError) as e:

@@ -243,25 +243,6 @@ def test_accumulation_equals_one_big_batch(digits_betons, images):
     torch.testing.assert_close(results[2], results[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("extra, key", [
-    (["--augment.mixup_alpha", "0.2", "--training.batch_size", "7"], "training.batch_size"),
-    (["--training.optimizer", "adamw", "--training.nesterov", "1"], "training.nesterov"),
-    (["--training.optimizer", "rmsprop"], "training.optimizer"),
-    (["--ema.decay", "1"], "ema.decay"),
-    (["--ema.every", "0"], "ema.every"),
-    (["--augment.erase_prob", "1.5"], "augment.erase_prob"),
-    (["--augment.randaug_magnitude", "11"], "augment.randaug_magnitude"),
-    (["--training.accum_steps", "0"], "training.accum_steps"),
-    (["--training.clip_grad", "-1"], "training.clip_grad"),
-    (["--training.loss", "mse"], "training.loss"),
-])
-def test_bad_recipe_keys_are_one_line_naming_the_key(digits_betons, extra, key):
-    train, val = digits_betons
-    with pytest.raises(UserError) as e:
-        load_config(["--data.train_dataset", str(train), "--data.val_dataset", str(val), *extra])
-    assert str(e.value).startswith(key) and "\n" not in str(e.value)
-
-
 def test_sync_bn_is_a_no_op_alone_and_refused_on_cpu():
     from ffcv_utils.train.models import apply_sync_bn
 

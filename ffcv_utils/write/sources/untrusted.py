@@ -24,7 +24,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from ...base import files
 from ...base.cli import UserError
@@ -250,18 +250,24 @@ def skip_reason(m: Member, cap: int = MEMBER_CAP) -> str | None:
     return None
 
 
+def regular_members(path: str | Path, members: Iterable[Member]
+                    ) -> tuple[list[Member], list[tuple[str, str]]]:
+    """The regular files among a tar's ``members``, and ``(name, why)`` for those skipped."""
+    kept, skipped = [], []
+    for m in members:
+        why = skip_reason(m)
+        if why is None:
+            kept.append(m)
+        elif why:
+            skipped.append((f"{path}:{m.name}", why))
+    return kept, skipped
+
+
 def scan_tar(path: str | Path) -> tuple[list[Member], list[tuple[str, str]]]:
     """The regular files of an uncompressed tar in archive order, and ``(name, why)`` for
     the members skipped."""
-    members, skipped = [], []
     with open_tar(path) as f:
-        for m in tar_members(f, str(path)):
-            why = skip_reason(m)
-            if why is None:
-                members.append(m)
-            elif why:
-                skipped.append((f"{path}:{m.name}", why))
-    return members, skipped
+        return regular_members(path, tar_members(f, str(path)))
 
 
 def read_at(f: BinaryIO, m: Member, where: str, cap: int = MEMBER_CAP) -> bytes:
