@@ -160,6 +160,23 @@ def digits_run(digits_betons, damaged_train_beton, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_run(digits_betons, tmp_path_factory):
+    """The run ``make demo`` trains (rn18_configs/rn18_demo.yaml: five epochs, about 0.9 val
+    top-1) on the digits betons: the browser demo's test shows a model as the demo would.
+    Returns its final weights."""
+    from helpers import ROOT, run
+
+    def build(folder):
+        result = run("--config-file", str(ROOT / "rn18_configs/rn18_demo.yaml"),
+                     "--data.train_dataset", str(digits_betons[0]),
+                     "--data.val_dataset", str(digits_betons[1]), "--logging.folder",
+                     str(folder), "--logging.run_id", "demo", "--logging.plot", "0", timeout=500)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "demo_run", build) / "demo" / "final_weights.pt"
+
+
+@pytest.fixture(scope="session")
 def eval_suites(tmp_path_factory):
     """The digits laid out as ImageNet's val (``ILSVRC2012_val_<n>`` names), ReaL's real.json,
     ImageNetV2, -R, -A and -Sketch ship, folders and archives (``sample_data.make_eval_suites``),

@@ -1,7 +1,7 @@
-"""The browser demo (ffcv_utils/tools/demo.py) on the shared trainer run (conftest.py's ``digits_run``):
-its predict function against ``predict.predict``, bad uploads as page errors, a checkpoint it
-cannot use refused before serving, and the real page in headless Chromium (Debian's ``chromium``,
-driven by Playwright; no browser download)."""
+"""The browser demo (ffcv_utils/tools/demo.py) on the run ``make demo`` trains (conftest.py's
+``demo_run``): its predict function against ``predict.predict``, bad uploads as page errors, a
+checkpoint it cannot use refused before serving, and the real page in headless Chromium (Debian's
+``chromium``, driven by Playwright; no browser download)."""
 from __future__ import annotations
 
 import io
@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio  # noqa: F401  (imported before any test starts threads: see tests/conftest.py)
 import pytest
 
 from helpers import ROOT
@@ -23,14 +24,13 @@ from helpers import ROOT
 CHROMIUM = "/usr/lib/chromium/chromium"
 LABEL = "#prediction [data-testid=label-output-value]"  # gr.Label's top class
 
-pytestmark = pytest.mark.timeout(600)  # the first test here may build the shared run
+pytestmark = pytest.mark.timeout(600)  # the first test here may build the demo run
 
 
 @pytest.fixture(scope="module")
-def run_model(digits_run):
+def run_model(demo_run):
     from ffcv_utils.tools.predict import load_run_model
-    weights = digits_run[2] / "final_weights.pt"
-    return weights, load_run_model(weights)
+    return demo_run, load_run_model(demo_run)
 
 
 def val_files(digits_dir) -> list[Path]:
@@ -197,9 +197,9 @@ def demo_server(run_model, digits_dir, tmp_path):
 
 def confident_per_class(rm, digits_dir) -> list[tuple[Path, str, str]]:
     """``(file, its class, predict.py's top class)``: of each class's held-out images, the one the
-    model is surest of. The shared 3-epoch run reads about 75% of the val split right; a demo
-    shows the model at its clearest, and the choice looks at confidence, never at whether the
-    answer is right."""
+    model is surest of. The demo run reads about 90% of the val split right; a demo shows
+    the model at its clearest, and the choice looks at confidence, never at whether the answer
+    is right."""
     from ffcv_utils.tools.predict import predict
     results, _ = predict(rm, val_files(digits_dir))
     best = {}
