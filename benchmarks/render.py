@@ -176,6 +176,39 @@ def render_accuracy(name: str, df) -> str:
     return head + "\n\n" + markdown_table(summary)
 
 
+def render_order_accuracy(name: str, df) -> str:
+    """benchmarks/order_accuracy.py: the page-aware order against the random order."""
+    summary = df.groupby("order", sort=False).agg(
+        runs=("top_1", "size"), top_1_mean=("top_1", "mean"), top_1_min=("top_1", "min"),
+        top_1_max=("top_1", "max"), train_loss_mean=("train_loss", "mean")).reset_index()
+    head = (f"**The page-aware order learns like the random order** (`{name}`, "
+            f"`benchmarks/order_accuracy.py`): the digits at 128 px stored raw on 2 MiB pages, "
+            f"{int(_first(df, 'epochs', 0))} epochs at lr {_first(df, 'lr')}, a window of "
+            f"{int(_first(df, 'window_pages', 0))} pages, the same seeds for both orders, "
+            f"interleaved; final top-1 on the 363 val images. Measured on {machine_line(df)}.")
+    return head + "\n\n" + markdown_table(summary)
+
+
+def render_checkouts(name: str, df) -> str:
+    """benchmarks/compare_checkouts.py: one benchmark on two commits, interleaved."""
+    import pandas as pd
+
+    keys = [c for c in ("loader", "writer", "mode", "variant", "res") if c in df.columns
+            and (c == "loader" or df[c].nunique() > 1)]
+    rates = df.groupby(keys + ["checkout"])["img_per_s"]
+    table = rates.median().unstack("checkout")
+    spread = rates.agg(lambda v: f"{v.min():,.0f}-{v.max():,.0f}").unstack("checkout")
+    out = pd.DataFrame({"old (median)": table["old"], "old (range)": spread["old"],
+                        "new (median)": table["new"], "new (range)": spread["new"],
+                        "new / old": table["new"] / table["old"]}).reset_index()
+    commits = dict(zip(df.checkout, df.commit))
+    head = (f"**Before and after a change** (`{name}`, `benchmarks/compare_checkouts.py`): "
+            f"the same benchmark on commit {commits.get('old')} (old) and {commits.get('new')} "
+            f"(new), {df['round'].nunique()} interleaved rounds, img/s. Measured on "
+            f"{machine_line(df)}.")
+    return head + "\n\n" + markdown_table(out)
+
+
 def _marginal_columns(df) -> dict:
     """The per-photo rate beyond a small write (absent from CSVs measured before it existed)."""
     if "marginal_img_per_s" not in df.columns or df.marginal_img_per_s.isna().all():
@@ -395,7 +428,7 @@ def render(results: Path) -> str:
               "Ratios compare loaders measured in the same run on the same machine."]
     csvs = sorted(results.glob("*.csv"))
     loader = [p for p in csvs if "loader" in pd.read_csv(p, nrows=0).columns
-              and "read_x_beton" not in pd.read_csv(p, nrows=0).columns]
+              and not {"read_x_beton", "checkout"} & set(pd.read_csv(p, nrows=0).columns)]
     train = [p for p in csvs if "arch" in pd.read_csv(p, nrows=0).columns]
     for p in loader:
         blocks.append(anchored(p, render_loader(p.name, pd.read_csv(p))))
@@ -410,6 +443,10 @@ def render(results: Path) -> str:
             blocks.append(anchored(p, render_startup(p.name, pd.read_csv(p))))
         if "top_1" in cols and "decoder" in cols:
             blocks.append(anchored(p, render_accuracy(p.name, pd.read_csv(p))))
+        if "top_1" in cols and "order" in cols:
+            blocks.append(anchored(p, render_order_accuracy(p.name, pd.read_csv(p))))
+        if "checkout" in cols:
+            blocks.append(anchored(p, render_checkouts(p.name, pd.read_csv(p))))
         if "stored_as_source_share" in cols:
             blocks.append(anchored(p, render_write(p.name, pd.read_csv(p))))
         if "read_x_beton" in cols:

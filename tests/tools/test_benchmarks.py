@@ -152,21 +152,22 @@ def test_startup_reports_first_batch_times(loader_run, tmp_path):
 @pytest.mark.timeout(300)
 @pytest.mark.slow
 def test_write_throughput_reads_every_beton_back(photos_dir, tmp_path):
-    """Three writers (passthrough, re-encode, ffcv-imagenet's call), one round: rates, CPU,
-    sizes, and the stored-as-source check made from the betons themselves."""
+    """Two writers (the toolkit's passthrough, ffcv-imagenet's call), one round: rates, CPU,
+    sizes, and the stored-as-source check made from the betons themselves (each writer is a
+    process of its own with a small write after it: a third writer would add ~25 s)."""
     from benchmarks import render, write_throughput
     from PIL import Image
 
     out = tmp_path / "write.csv"
     write_throughput.run(["--data-dir", str(photos_dir), "--workers", "1", "--rounds", "1",
-                          "--writers", "toolkit-jpg,toolkit-jpg-reencode,ffcv-imagenet-jpg",
+                          "--writers", "toolkit-jpg,ffcv-imagenet-jpg",
                           "--no-warmup", "--out", str(out)])
     df = pd.read_csv(out).set_index("writer")
     for col in ["img_per_s", "data_img_per_s", "startup_s", "cpu_ms_per_img",
                 "data_cpu_ms_per_img", "data_bytes_per_img", "stored_as_source_share",
                 "load_1m_before", *MACHINE_COLUMNS]:
         assert col in df.columns, col
-    assert list(df.index) == ["toolkit-jpg", "toolkit-jpg-reencode", "ffcv-imagenet-jpg"]
+    assert list(df.index) == ["toolkit-jpg", "ffcv-imagenet-jpg"]
     assert (df.images == 60).all() and (df.as_source_check == "ok").all()
     for col in ("img_per_s", "data_img_per_s", "startup_s", "cpu_ms_per_img",
                 "data_cpu_ms_per_img", "data_bytes_per_img"):
@@ -178,11 +179,10 @@ def test_write_throughput_reads_every_beton_back(photos_dir, tmp_path):
     assert 0 < sum(fits) < 60  # some photos are resized, so not every sample can pass through
     assert df.loc["toolkit-jpg", "stored_as_source_share"] == pytest.approx(sum(fits) / 60)
     assert df.loc["toolkit-jpg", "claimed_as_is"] == sum(fits)
-    assert df.loc["toolkit-jpg-reencode", "stored_as_source_share"] == 0
-    assert df.loc["ffcv-imagenet-jpg", "stored_as_source_share"] == 0
-    assert df.loc["toolkit-jpg-reencode", "ratio_vs_reencode"] == pytest.approx(1)
+    assert df.loc["ffcv-imagenet-jpg", "stored_as_source_share"] == 0  # it re-encodes all
     assert df.loc["ffcv-imagenet-jpg", "ratio_vs_ffcv_imagenet"] == pytest.approx(1)
-    assert pd.isna(df.loc["ffcv-imagenet-jpg", "ratio_vs_reencode"])
+    assert df.loc["toolkit-jpg", "ratio_vs_ffcv_imagenet"] > 0
+    assert pd.isna(df.loc["toolkit-jpg", "ratio_vs_reencode"])  # no re-encoding row to divide by
     assert not list((tmp_path / "betons").glob("*.beton"))  # each beton removed once read
     text = render.render(tmp_path)
     assert "**Writing a beton** (`write.csv`" in text and "| toolkit-jpg |" in text

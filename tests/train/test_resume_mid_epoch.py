@@ -1,7 +1,8 @@
 """Mid-epoch resume and the page-aware order through the real trainer: a run killed (SIGKILL)
 after a step checkpoint, resumed, stopped by SIGTERM in a later epoch and resumed again logs the
-uninterrupted run's per-epoch train_loss and top-1 exactly; a 2-process torchrun stopped mid-epoch continues on 1 process; a digits run with the
-page-aware order (small pages, so the order matters) learns as well as the random order."""
+uninterrupted run's per-epoch train_loss and top-1 exactly; a 2-process torchrun stopped
+mid-epoch continues on 1 process. Whether the page-aware order learns as well as the random
+order is measured, not tested: benchmarks/order_accuracy.py."""
 from __future__ import annotations
 
 import json
@@ -112,37 +113,3 @@ def test_two_processes_stopped_mid_epoch_continue_on_one(digits_betons, tmp_path
     assert second["train_images"] > total - 64 - 32
     assert first["train_images"] > total - 64
     assert second["resumed_from_step"] == state["step"]["position"][0][1] // 32
-
-
-@pytest.fixture(scope="module")
-def small_page_betons(tmp_path_factory, digits_betons):
-    """The digits at 128 px stored raw (~49 KB a sample) on ffcv's smallest pages (2 MiB): ~35
-    pages, so the page-aware order deals many; the val beton is the shared one."""
-    from ffcv_utils.write import writer
-    from ffcv_utils.tools.sample_data import make_digits_folder
-
-    root = tmp_path_factory.mktemp("small_pages")
-    folder = make_digits_folder(root / "digits128", size=128)
-    out = root / "train.beton"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(writer, "page_size_for", lambda sizes: 1 << 21)
-        writer.write_split(folder, "train", out, max_resolution=128, write_mode="raw",
-                           num_workers=2, progress=False)
-    return out, digits_betons[1]
-
-
-def test_page_aware_order_learns_like_the_random_order(small_page_betons, tmp_path):
-    from ffcv_utils.load.order import PageLayout
-
-    assert len(set(PageLayout.from_file(small_page_betons[0]).sample_page.tolist())) >= 30
-    tops = {}
-    for in_memory in ("1", "0"):
-        # lr 0.02: at the shared runs' 0.05 this 3-epoch run's loss spikes above chance in
-        # epoch 1 with either order, and one seed's top-1 then moved by 0.17 between seeds
-        # (noise, not the order); at 0.02 both orders train smoothly and land within 0.015
-        result = run(*args_for(small_page_betons, tmp_path, "--data.in_memory", in_memory,
-                               "--data.window_pages", "4", "--lr.lr", "0.02",
-                               "--logging.run_id", in_memory))
-        assert result.returncode == 0, result.stderr[-3000:]
-        tops[in_memory] = read_log(tmp_path / in_memory)[-1]["top_1"]
-    assert tops["0"] > tops["1"] - 0.03, tops
