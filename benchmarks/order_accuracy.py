@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     diff = (df[df.order == "page-aware"].top_1.values - df[df.order == "random"].top_1.values)
     print_summary(f"digits, {a.epochs} epochs, {a.seeds} seeds, window {a.window_pages} pages",
                   info, table.round(4).reset_index(), a.out)
-    print(f"page-aware minus random top-1, per seed: {[round(d, 4) for d in diff]} "
+    print(f"page-aware minus random top-1, per seed: {[round(float(d), 4) for d in diff]} "
           f"(mean {diff.mean():+.4f})")
     return 0
 
