@@ -77,7 +77,10 @@ def run_script(script: str, args, capsys, monkeypatch) -> tuple[int, str, str]:
     """Run ``ROOT/script`` (or the module ``-m name``) as ``__main__`` in this process with
     ``args``: ``(exit status, stdout, stderr)``. Its own ``run_main`` turns a UserError into one
     line and exit 2, as in a subprocess, without a fresh interpreter's imports for each case."""
+    from ffcv_utils.base import cli
+
     monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    monkeypatch.setattr(cli, "exit_now", sys.exit)  # os._exit would end pytest itself
     for hook in ("excepthook", "unraisablehook"):  # run_main wraps them: restored after the test
         monkeypatch.setattr(sys, hook, getattr(sys, hook))
     capsys.readouterr()
