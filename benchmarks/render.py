@@ -161,12 +161,18 @@ def render_startup(name: str, df) -> str:
     return head + "\n\n" + markdown_table(df[[c for c in cols if c in df.columns]])
 
 
-def render_accuracy(name: str, df) -> str:
-    """benchmarks/decoder_accuracy.py: the digits demo trained with each decoder."""
-    summary = df.groupby("decoder", sort=False).agg(
+def accuracy_summary(df, by: str):
+    """Final top-1 and train loss of the runs in ``df``, a row for each value of ``by``."""
+    return df.groupby(by, sort=False).agg(
         runs=("top_1", "size"), seeds=("seed", lambda s: ", ".join(str(int(v)) for v in s)),
         top_1_mean=("top_1", "mean"), top_1_min=("top_1", "min"), top_1_max=("top_1", "max"),
-        train_loss_mean=("train_loss", "mean"), wall_s_mean=("wall_s", "mean")).reset_index()
+        train_loss_mean=("train_loss", "mean")).reset_index()
+
+
+def render_accuracy(name: str, df) -> str:
+    """benchmarks/decoder_accuracy.py: the digits demo trained with each decoder."""
+    summary = accuracy_summary(df, "decoder")
+    summary["wall_s_mean"] = df.groupby("decoder", sort=False)["wall_s"].mean().values
     head = (f"**Same accuracy with the fast decoder** (`{name}`, "
             f"`benchmarks/decoder_accuracy.py`): the digits demo recipe "
             f"(`rn18_configs/rn18_demo.yaml`, 5 epochs) through the trainer with "
@@ -178,15 +184,12 @@ def render_accuracy(name: str, df) -> str:
 
 def render_order_accuracy(name: str, df) -> str:
     """benchmarks/order_accuracy.py: the page-aware order against the random order."""
-    summary = df.groupby("order", sort=False).agg(
-        runs=("top_1", "size"), top_1_mean=("top_1", "mean"), top_1_min=("top_1", "min"),
-        top_1_max=("top_1", "max"), train_loss_mean=("train_loss", "mean")).reset_index()
     head = (f"**The page-aware order learns like the random order** (`{name}`, "
             f"`benchmarks/order_accuracy.py`): the digits at 128 px stored raw on 2 MiB pages, "
             f"{int(_first(df, 'epochs', 0))} epochs at lr {_first(df, 'lr')}, a window of "
             f"{int(_first(df, 'window_pages', 0))} pages, the same seeds for both orders, "
             f"interleaved; final top-1 on the 363 val images. Measured on {machine_line(df)}.")
-    return head + "\n\n" + markdown_table(summary)
+    return head + "\n\n" + markdown_table(accuracy_summary(df, "order"))
 
 
 def render_checkouts(name: str, df) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..base.atomic import publish, temporary_folder_beside
-from ..base.cli import ArgParser, run_main
+from ..base.cli import ArgParser, UserError, run_main
 
 PROG = "python -m ffcv_utils.tools.sample_data"
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -308,8 +308,9 @@ def make_source_forms(photos: str | Path, root: str | Path) -> dict[str, Path]:
 WNID_CLASSES = [f"n{i:08d}" for i in range(10)]
 R_CLASSES = (0, 2, 4, 6, 8)  # ImageNet-R: 200 of the 1,000 classes; here 5 of 10
 A_CLASSES = (1, 3, 5, 7)  # ImageNet-A: another 200; here 4 of 10
+V2_FORM = "imagenetv2-matched-frequency-format-val"  # the folder ImageNetV2's archive holds
 ARCHIVES = {"imagenet-r": "imagenet-r.tar", "imagenet-a": "imagenet-a.tar",
-            "imagenetv2-matched-frequency-format-val": "imagenetv2-matched-frequency.tar.gz"}
+            V2_FORM: "imagenetv2-matched-frequency.tar.gz"}
 
 
 def _digit_images(size: int, seed: int):
@@ -386,6 +387,26 @@ def make_eval_suites(root: str | Path, classes: list[str] | None = None, size: i
     return root
 
 
+def write_suites(root: str, classes_file: str | None, size: int) -> None:
+    """``make_eval_suites`` for the command line: the run's class list read as an untrusted
+    file, then the ffcv-eval command that evaluates that run on every suite."""
+    from ..write.classes import read_class_list
+
+    classes = read_class_list(classes_file) if classes_file else None
+    if classes is not None and len(classes) != 10:
+        raise UserError(f"--classes: {classes_file} names {len(classes)} classes; the digits "
+                        "have 10")
+    make_eval_suites(root, classes, size=size)
+    run = Path(classes_file).parent if classes_file else Path("RUN")
+    s = Path(root)
+    print(f"wrote the evaluation sets to {root}; evaluate the run on every one of them with:\n"
+          f"  ffcv-eval --weights {run / 'final_weights.pt'} --out {run / 'eval'} "
+          f"--val-dir {s} --real-labels {s / 'real.json'} "
+          f"--v2 {s / 'archives' / ARCHIVES[V2_FORM]} "
+          f"--imagenet-r {s / 'archives' / 'imagenet-r.tar'} --imagenet-a {s / 'imagenet-a'} "
+          f"--sketch {s / 'sketch'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = ArgParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="kind", required=True)
@@ -413,9 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.kind == "digits":
         make_digits_folder(args.root, size=args.size)
     elif args.kind == "suites":
-        classes = json.loads(Path(args.classes).read_text()) if args.classes else None
-        make_eval_suites(args.root, classes, size=args.size)
-        print(f"wrote the evaluation sets to {args.root}")
+        write_suites(args.root, args.classes, args.size)
         return
     elif args.kind == "forms":
         forms = make_source_forms(args.photos, args.root)
