@@ -270,9 +270,11 @@ def prepare(args, rm, plan: Plan) -> list[Job]:
         write_cached(beton, fp, write, record)
     if job and pending:
         finish(job)
+    written = {str(w[0]) for w in writes}
     for j in jobs:
         if plan.progress:
-            print(f"{', '.join(j.scorers)}: {j.beton}", file=sys.stderr, flush=True)
+            how = "written now" if str(j.beton) in written else "reused"
+            print(f"{', '.join(j.scorers)}: {j.beton} ({how})", file=sys.stderr, flush=True)
     if job is None and plan.progress:
         print(f"=> no val split: the run's val beton {rm.val_dataset or '(none)'} is not here; "
               "give --val-dir or --val-beton for val top-1 and the gaps", file=sys.stderr)

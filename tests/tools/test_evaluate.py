@@ -351,6 +351,7 @@ def test_torchrun_reuses_the_cache_and_counts_every_image_once(evaluated, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in betons} == before
     assert "writing" not in result.stderr and "checking" not in result.stderr
+    assert result.stderr.count("(reused)") == 5 and "(written now)" not in result.stderr
     got = json.loads((tmp_path / "out/eval.json").read_text())
     assert got.keys() == evaluated.results.keys()
     for suite, want in evaluated.results.items():
