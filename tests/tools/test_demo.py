@@ -1,7 +1,7 @@
-"""The browser demo (ffcv_utils/tools/demo.py) on the run ``make demo`` trains (conftest.py's
-``demo_run``): its predict function against ``predict.predict``, bad uploads as page errors, a
-checkpoint it cannot use refused before serving, and the real page in headless Chromium (Debian's
-``chromium``, driven by Playwright; no browser download)."""
+"""The browser demo (ffcv_utils/tools/demo.py): its predict function against ``predict.predict``,
+bad uploads as page errors, a checkpoint it cannot use refused before serving (on the shared
+``digits_run``), and the real page in headless Chromium (Debian's ``chromium``, driven by
+Playwright; no browser download) serving the run ``make demo`` trains (``demo_run``)."""
 from __future__ import annotations
 
 import io
@@ -28,7 +28,16 @@ pytestmark = pytest.mark.timeout(600)  # the first test here may build the demo 
 
 
 @pytest.fixture(scope="module")
-def run_model(demo_run):
+def run_model(digits_run):
+    """The shared 3-epoch run: what the page does with any model."""
+    from ffcv_utils.tools.predict import load_run_model
+    weights = digits_run[2] / "final_weights.pt"
+    return weights, load_run_model(weights)
+
+
+@pytest.fixture(scope="module")
+def demo_model(demo_run):
+    """The run ``make demo`` trains: the page as a user first sees it, 8 of 10 digits right."""
     from ffcv_utils.tools.predict import load_run_model
     return demo_run, load_run_model(demo_run)
 
@@ -165,11 +174,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def demo_server(run_model, digits_dir, tmp_path):
-    """``ffcv-demo`` serving the run in its own process; killed however the test ends."""
+def demo_server(demo_model, digits_dir, tmp_path):
+    """``ffcv-demo`` serving the demo run in its own process; killed however the test ends."""
     import urllib.request
 
-    weights, _ = run_model
+    weights, _ = demo_model
     port = free_port()
     log = open(tmp_path / "server.log", "w+")
     server = subprocess.Popen(
@@ -220,10 +229,10 @@ def upload_and_read(page, file: Path) -> str:
 
 
 @pytest.mark.slow
-def test_the_page_in_chromium_classifies_uploads_and_survives_a_bad_one(demo_server, run_model,
-                                                                         digits_dir, tmp_path):
+def test_the_page_in_chromium_classifies_uploads_and_survives_a_bad_one(
+        demo_server, demo_model, digits_dir, tmp_path):
     from playwright.sync_api import expect, sync_playwright
-    weights, rm = run_model
+    weights, rm = demo_model
     chosen = confident_per_class(rm, digits_dir)
     assert len(chosen) == 10
     not_an_image = tmp_path / "holiday.jpg"
